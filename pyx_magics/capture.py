@@ -1,0 +1,298 @@
+"""What a running task touched: files (audit hook + directory scan), its log, its namespace.
+
+The audit hook is installed once per process and does nothing unless a task is
+running (``_active``); it never raises into the task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pyx_magics.core.redact import Redactor
+
+# ---------------------------------------------------------------- audit hook
+
+_active: FileAudit | None = None
+_hook_installed = False
+_hook_lock = threading.Lock()
+
+
+def _interpreter_roots() -> tuple[str, ...]:
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            roots.add(p)
+    roots.update(p for p in sys.path if p and p.endswith(("site-packages", "dist-packages")))
+    here = str(Path(__file__).resolve().parent)
+    roots.add(here)
+    return tuple(sorted(r.rstrip("/") + "/" for r in roots if r)) + ("/proc/", "/dev/", "/sys/")
+
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+
+class FileAudit:
+    """Paths a task opened, split into reads and writes."""
+
+    def __init__(self, ignore: Iterable[str] = ()) -> None:
+        self.reads: set[str] = set()
+        self.writes: set[str] = set()
+        self.ignore = {os.path.abspath(p) for p in ignore}
+        self._skip = _interpreter_roots()
+
+    def _note(self, path: Any, write: bool) -> None:
+        if isinstance(path, int):
+            return
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        elif not isinstance(path, str):
+            path = os.fspath(path)
+        full = os.path.abspath(path)
+        if full.startswith(self._skip) or full in self.ignore:
+            return
+        (self.writes if write else self.reads).add(full)
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    audit = _active
+    if audit is None:
+        return
+    try:
+        if event == "open":
+            path, mode, flags = args
+            if mode is None:
+                write = bool(flags & _WRITE_FLAGS)
+            else:
+                write = any(c in mode for c in "wax+")
+            audit._note(path, write)
+        elif event in ("os.rename", "os.replace"):
+            audit._note(args[1], True)
+        elif event == "shutil.copyfile":
+            audit._note(args[0], False)
+            audit._note(args[1], True)
+    except Exception:  # an observer must never break the task
+        pass
+
+
+def start_audit(ignore: Iterable[str] = ()) -> FileAudit:
+    global _active, _hook_installed
+    with _hook_lock:
+        if not _hook_installed:
+            sys.addaudithook(_hook)
+            _hook_installed = True
+    audit = FileAudit(ignore)
+    _active = audit
+    return audit
+
+
+def stop_audit() -> None:
+    global _active
+    _active = None
+
+
+# ---------------------------------------------------------------- directory scan
+
+PYX_OWN_SUFFIXES = (".manifest.json", ".log.txt", ".input.json", ".journal.jsonl", ".tmp")
+
+
+def scan_dir(root: Path) -> dict[str, tuple[int, int]]:
+    """{relative posix path: (mtime_ns, size)} of regular files, hidden names skipped."""
+    found: dict[str, tuple[int, int]] = {}
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            rel = prefix + e.name
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((Path(e.path), rel + "/"))
+                elif e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    found[rel] = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                continue
+    return found
+
+
+def changed_files(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    return sorted(p for p, sig in after.items() if before.get(p) != sig)
+
+
+# ---------------------------------------------------------------- log tee
+
+
+class LogTee(io.TextIOBase):
+    """A text stream that redacts, writes everything to the log file and forwards a bounded
+    amount to the live output; past ``live_limit`` characters the live output gets one pointer
+    to the log instead."""
+
+    def __init__(
+        self,
+        log: io.BufferedWriter,
+        live: Any,
+        redactor: Redactor,
+        *,
+        live_limit: int,
+        log_hint: str,
+        shared: Callable[[str], None] | None = None,
+    ) -> None:
+        self._live = live
+        self._log = log
+        self._live_limit = live_limit
+        self._hint = log_hint
+        self.live_chars = 0
+        self.truncated_live = False
+        self._sink = shared or self._emit
+        self._stream = redactor.stream(self._sink) if shared is None else None
+
+    def _emit(self, text: str) -> None:
+        self._log.write(text.encode("utf-8", "surrogateescape"))
+        self._log.flush()
+        self.forward(text)
+
+    def forward(self, text: str) -> None:
+        if self._live is None or self.truncated_live:
+            return
+        room = self._live_limit - self.live_chars
+        if len(text) > room:
+            text = text[: max(room, 0)]
+            self.truncated_live = True
+        if text:
+            self._live.write(text)
+            self.live_chars += len(text)
+        if self.truncated_live:
+            self._live.write(f"\n[pyx] output truncated here; the full log is {self._hint}\n")
+        try:
+            self._live.flush()
+        except Exception:
+            pass
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if self._stream is not None:
+            self._stream.write(s)
+        else:
+            self._sink(s)
+        return len(s)
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._stream.flush()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def isatty(self) -> bool:
+        return False
+
+
+# ---------------------------------------------------------------- namespace
+
+
+IGNORED_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "pyx", "_", "__", "___"}
+
+
+def code_names(code: Any) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= code_names(const)
+    return names
+
+
+def _fingerprint(obj: Any) -> str:
+    try:
+        mod = type(obj).__module__
+        if mod.startswith("pandas") and hasattr(obj, "shape"):
+            if len(obj) > 1_000_000:
+                return "not hashed (large)"
+            import pandas as pd
+
+            return "%016x" % (int(pd.util.hash_pandas_object(obj, index=True).sum()) & (2**64 - 1))
+        if isinstance(obj, (str, bytes)):
+            data = obj.encode("utf-8", "surrogateescape") if isinstance(obj, str) else obj
+            return hashlib.sha256(data).hexdigest()[:16]
+        if isinstance(obj, (int, float, bool, type(None))) or (
+            isinstance(obj, (list, tuple, dict, set, frozenset)) and len(obj) <= 10_000
+        ):
+            return hashlib.sha256(repr(obj).encode("utf-8", "replace")).hexdigest()[:16]
+    except Exception:
+        return "unavailable"
+    return "-"
+
+
+def summarize(obj: Any) -> str:
+    """Shape/len, dtype and a content fingerprint; never the value itself."""
+    parts: list[str] = []
+    shape = getattr(obj, "shape", None)
+    if isinstance(shape, tuple):
+        parts.append("shape=" + "x".join(map(str, shape)))
+    else:
+        try:
+            parts.append(f"len={len(obj)}")
+        except Exception:
+            pass
+    dtype = getattr(obj, "dtype", None)
+    if dtype is not None:
+        parts.append(f"dtype={dtype}")
+    elif hasattr(obj, "dtypes") and hasattr(obj, "columns"):
+        try:
+            parts.append("columns=" + ",".join(map(str, list(obj.columns)[:20])))
+        except Exception:
+            pass
+    parts.append(f"sha={_fingerprint(obj)}")
+    return " ".join(parts)
+
+
+def type_name(obj: Any) -> str:
+    t = type(obj)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def snapshot_ids(ns: dict[str, Any]) -> dict[str, int]:
+    return {k: id(v) for k, v in ns.items() if not k.startswith("_") and k not in IGNORED_NAMES}
+
+
+def namespace_changes(
+    ns: dict[str, Any], before: dict[str, int], names_used: set[str], redactor: Redactor
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(reads, writes) as manifest entries."""
+
+    def entry(name: str) -> dict[str, str]:
+        obj = ns[name]
+        return {"name": name, "type": type_name(obj), "summary": redactor.text(summarize(obj))}
+
+    reads = [entry(n) for n in sorted(names_used & before.keys()) if n in ns and callable_ok(ns[n])]
+    writes = [
+        entry(n)
+        for n in sorted(ns)
+        if not n.startswith("_") and n not in IGNORED_NAMES and before.get(n) != id(ns[n]) and callable_ok(ns[n])
+    ]
+    return reads, writes
+
+
+def callable_ok(obj: Any) -> bool:
+    """Modules, functions and classes are not data: leave them out of the namespace record."""
+    import types
+
+    return not isinstance(obj, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))

@@ -1,0 +1,228 @@
+"""IPython magics: argument parsing → runner → display. The only writer of ``user_ns``.
+
+User mistakes become a plain ``UsageError`` (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from pyx_magics.core.errors import PyxError, UsageProblem
+from pyx_magics.core.inputs import parse_input_text, validate_input
+from pyx_magics.display import TaskSummary
+from pyx_magics.execute import in_process
+from pyx_magics.journal import NOTE_KINDS
+from pyx_magics.journal import append as append_journal
+from pyx_magics.runner import Session, TaskRequest, run_task
+
+
+class TaskFailed(Exception):
+    """The task body raised; its evidence is written. Shown as one line plus a pointer to the log."""
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is a JSON literal when it parses as one, else a string; dotted keys nest."""
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--param {key}: {part!r} is not an object")
+        node[leaf] = value
+    return params
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@magics_class
+class PyxMagics(Magics):
+    """``%pyx_topic``, ``%%pyx_run`` and friends."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.session: Session | None = None
+
+    # ------------------------------------------------------------ session
+    def current_session(self) -> Session:
+        if self.session is None:
+            ns = self.shell.user_ns if self.shell else {}
+            topic = os.environ.get("PYX_TOPIC") or (ns.get("topic") if isinstance(ns.get("topic"), str) else None)
+            label = ns.get("environment_label") if isinstance(ns.get("environment_label"), str) else None
+            self.session = Session.start(None, topic, label)
+        return self.session
+
+    @magic_arguments()
+    @argument("topic", help="investigation topic, e.g. order-1042-pending ([A-Za-z0-9_.-])")
+    @argument("--dir", default=None, help="investigation directory (default: $PYX_DIR or ./temp)")
+    @argument("--env", default=None, help="declared environment label: prod, staging, local, ...")
+    @argument("--new", action="store_true", help="start a new session instead of resuming the topic's last one")
+    @line_magic
+    def pyx_topic(self, line: str) -> Session:
+        """Start or resume an investigation: every later task is recorded under this topic."""
+        args = parse_argstring(self.pyx_topic, line)
+        try:
+            self.session = Session.start(args.dir, args.topic, args.env, resume=not args.new)
+        except PyxError as exc:
+            raise UsageError(str(exc)) from None
+        s = self.session
+        print(f"pyx topic {s.topic} · session {s.session_id} · environment {s.env_label.upper()} · dir {s.dir}")
+        return s
+
+    # ------------------------------------------------------------ tasks
+    @magic_arguments()
+    @argument("task", help="task name ([A-Za-z0-9_.-], up to 100 characters)")
+    @argument("--input", default=None, metavar="FILE", help="input JSON file (time_window, entity_ids, notes, ...)")
+    @argument("--param", action="append", metavar="KEY=VALUE",
+              help="input parameter; VALUE is parsed as JSON when possible; repeatable; dotted keys nest")
+    @argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the task after SECONDS")
+    @argument("--allow-write", default=None, metavar="REASON",
+              help="open write access to data systems for this task only; the reason is recorded")
+    @cell_magic
+    def pyx_run(self, line: str, cell: str) -> Any:
+        """Run the cell as a pyx task and record it as evidence (code, input, manifest, log, outputs).
+
+        Inside the cell, ``pyx`` offers ``input``, ``run_id``, ``dir``, ``out(name)``,
+        ``save(name, obj)``, ``db()``, ``redis()``, ``kafka()`` and ``diff(...)``.
+        """
+        args = parse_argstring(self.pyx_run, line)
+        try:
+            params: dict[str, Any] = {}
+            if args.input:
+                path = Path(args.input)
+                try:
+                    text = path.read_text("utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise UsageError(f"--input {args.input}: cannot read ({exc.__class__.__name__})") from None
+                params = parse_input_text(text, args.input)
+            params = validate_input(merge(params, parse_params(args.param)))
+            source = self.shell.transform_cell(cell) if self.shell else cell
+            request = TaskRequest(args.task, source, params, args.timeout, args.allow_write,
+                                  execution_count=getattr(self.shell, "execution_count", None))
+            session = self.current_session()
+        except PyxError as exc:
+            raise UsageError(str(exc)) from None
+        run, final = run_task(session, request, in_process(source, self.shell.user_ns, timeout=args.timeout))
+        display(TaskSummary(final))
+        if final["status"] != "succeeded":
+            err = final["error"] or {}
+            raise TaskFailed(f"task {final['task']} {final['status']}: {err.get('type', '')}: "
+                             f"{err.get('message', '')} (log: {final['log']['path']})")
+        return None
+
+
+    # ------------------------------------------------------------ environment and notes
+    @magic_arguments()
+    @argument("--no-ports", action="store_true", help="do not probe whether the configured ports are listening")
+    @line_magic
+    def pyx_env(self, line: str) -> None:
+        """Show the environment label, configured endpoints (secrets hidden) and which local ports listen now."""
+        from pyx_magics.info import collect, render
+
+        args = parse_argstring(self.pyx_env, line)
+        data = collect(check_ports=not args.no_ports)
+        if self.session is not None:
+            data["environment_label"] = self.session.env_label
+        print(render(data))
+
+    @magic_arguments()
+    @argument("kind", help="one of: " + " ".join(NOTE_KINDS))
+    @argument("text", nargs="+", help="the note; for `action` add owner=NAME due=YYYY-MM-DD")
+    @line_magic
+    def pyx_note(self, line: str) -> dict[str, Any]:
+        """Add a structured note (problem, hypothesis, finding, root_cause, action, ...) to the journal."""
+        args = parse_argstring(self.pyx_note, line)
+        try:
+            record = build_note(args.kind, args.text)
+        except PyxError as exc:
+            raise UsageError(str(exc)) from None
+        s = self.current_session()
+        record["execution_count"] = getattr(self.shell, "execution_count", None)
+        record["text"] = s.redactor.text(record["text"])
+        append_journal(s.dir, s.topic, s.session_id, record)
+        print(f"noted {record['note']}: {record['text']}")
+        return record
+
+
+def build_note(kind: str, words: list[str]) -> dict[str, Any]:
+    """A note record; ``action`` notes take ``owner=`` and ``due=YYYY-MM-DD``."""
+    from datetime import UTC, date, datetime
+
+    if kind not in NOTE_KINDS:
+        raise UsageProblem(f"unknown note kind {kind!r}", hint="use one of: " + ", ".join(NOTE_KINDS))
+    fields: dict[str, Any] = {}
+    text_words = []
+    for w in words:
+        key, sep, value = w.partition("=")
+        if sep and key in ("owner", "due"):
+            fields[key] = value
+        else:
+            text_words.append(w)
+    if "due" in fields:
+        try:
+            date.fromisoformat(fields["due"])
+        except ValueError:
+            raise UsageProblem(f"due={fields['due']!r} is not a date (YYYY-MM-DD)") from None
+    if kind != "action" and fields:
+        raise UsageProblem("owner= and due= are only for `action` notes")
+    text = " ".join(text_words).strip()
+    if not text:
+        raise UsageProblem("the note has no text")
+    return {"kind": "note", "note": kind, "text": text, **fields, "at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+
+
+def _show_task_failed(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> Any:
+    print(f"TaskFailed: {value}")
+    return ["TaskFailed", str(value)]
+
+
+def load(ipython: Any) -> None:
+    """Register the magics once; loading twice is harmless."""
+    if getattr(ipython, "_pyx_magics", None) is not None:
+        return
+    magics = PyxMagics(ipython)
+    ipython.register_magics(magics)
+    ipython._pyx_magics = magics
+    ipython._pyx_prev_custom_exc = (getattr(ipython, "custom_exceptions", ()),
+                                    getattr(ipython, "CustomTB", None))
+    ipython.set_custom_exc((TaskFailed,), _show_task_failed)
+
+
+def unload(ipython: Any) -> None:
+    """Remove exactly what :func:`load` added."""
+    magics = getattr(ipython, "_pyx_magics", None)
+    if magics is None:
+        return
+    for kind, names in magics.magics.items():
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
+    ipython.magics_manager.registry.pop(type(magics).__name__, None)
+    excs, handler = ipython._pyx_prev_custom_exc
+    ipython.custom_exceptions = excs
+    if handler is not None:
+        ipython.CustomTB = handler
+    else:
+        ipython.set_custom_exc((), None)
+    del ipython._pyx_magics
+    del ipython._pyx_prev_custom_exc
