@@ -6,6 +6,7 @@ running (``_active``); it never raises into the task.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -25,6 +26,7 @@ _hook_installed = False
 _hook_lock = threading.Lock()
 
 
+@functools.cache
 def _interpreter_roots() -> tuple[str, ...]:
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -101,11 +103,10 @@ def stop_audit() -> None:
 
 # ---------------------------------------------------------------- directory scan
 
-PYX_OWN_SUFFIXES = (".manifest.json", ".log.txt", ".input.json", ".journal.jsonl", ".tmp")
 
 
-def scan_dir(root: Path) -> dict[str, tuple[int, int]]:
-    """{relative posix path: (mtime_ns, size)} of regular files, hidden names skipped."""
+def scan_dir(root: Path, skip: Callable[[str], bool] | None = None) -> dict[str, tuple[int, int]]:
+    """{relative posix path: (mtime_ns, size)} of regular files; hidden names and ``skip(name)`` left out."""
     found: dict[str, tuple[int, int]] = {}
     stack = [(root, "")]
     while stack:
@@ -115,7 +116,7 @@ def scan_dir(root: Path) -> dict[str, tuple[int, int]]:
         except OSError:
             continue
         for e in entries:
-            if e.name.startswith("."):
+            if e.name.startswith(".") or (skip is not None and skip(e.name)):
                 continue
             rel = prefix + e.name
             try:

@@ -40,11 +40,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from pyx_magics.core import manifest
 
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        raise UsageProblem("no such file or directory: " + ", ".join(missing))
     report = manifest.verify(args.paths)
     for p in report.problems:
         print(f"{'ERROR' if p.fatal else 'note '} {p.manifest}: {p.message}")
     if report.checked == 0:
-        raise UsageProblem("no manifests found in " + ", ".join(args.paths))
+        raise UsageProblem("no manifests (*.manifest.json) found in " + ", ".join(args.paths))
     bad = len({p.manifest for p in report.problems if p.fatal})
     print(f"{report.checked} manifest(s) checked, {bad} with problems")
     return 0 if report.ok else 1
