@@ -246,10 +246,11 @@ def test_jwt_aws_key_bearer_basic_and_dsn_password_shapes_are_masked():
         "host=db password = 'it\\'s secret' port=5432": f"host=db password = '{MASK}' port=5432",
         "PGPASSWORD=hunter2 psql": f"PGPASSWORD={MASK} psql",
         "Server=x;Pwd=abc123;Db=y": f"Server=x;Pwd={MASK};Db=y",
+        '{"dsn": "host=h password=abc"}': '{"dsn": "host=h password=' + MASK + '"}',
     }
     for text, expected in cases.items():
         assert red.text(text) == expected, text
-    assert red.counts == {"jwt": 1, "aws_access_key": 1, "bearer": 1, "basic_auth": 1, "dsn_password": 4}
+    assert red.counts == {"jwt": 1, "aws_access_key": 1, "bearer": 1, "basic_auth": 1, "dsn_password": 5}
 
 
 def test_redacting_twice_changes_nothing_and_counts_nothing(red: Redactor, secret: str):
@@ -388,3 +389,14 @@ def test_text_on_megabytes_of_logs_with_ten_secrets_is_fast():
     elapsed = time.perf_counter() - start
     assert not any(v in out for v in env.values())
     assert len(text) / elapsed > 10e6, f"{len(text) / elapsed / 1e6:.1f} MB/s"  # measured ~100+ MB/s
+
+
+def test_json_keys_are_masked_by_whole_words_so_evidence_fields_stay_readable():
+    """``key``/``cache_key``/``tokens_used`` are data in Redis and Kafka evidence; ``api_key`` and friends are not."""
+    red = Redactor()
+    doc = {"key": "order:1042", "cache_key": "order:*", "tokens_used": 12, "keyspace": {"db0": 5},
+           "api_key": "abc123", "accessToken": "t0k3n", "DB_PASSWORD": "pw12345", "client_secret": "s3cr3t"}
+    out = red.json(doc)
+    assert out["key"] == "order:1042" and out["cache_key"] == "order:*" and out["tokens_used"] == 12
+    assert out["keyspace"] == {"db0": 5}
+    assert all(out[k] == MASK for k in ("api_key", "accessToken", "DB_PASSWORD", "client_secret"))
