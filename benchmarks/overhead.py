@@ -30,8 +30,8 @@ def cell_latency(cells: int) -> tuple[float, float]:
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "pyx_magics")
     ip.run_line_magic("pyx_topic", "bench --new")
-    import io
     import contextlib
+    import io
 
     plain, magic = [], []
     sink = io.StringIO()

@@ -144,7 +144,7 @@ class LogTee(io.TextIOBase):
 
     def __init__(
         self,
-        log: io.BufferedWriter,
+        log: Any,
         live: Any,
         redactor: Redactor,
         *,

@@ -64,7 +64,7 @@ class TaskContext:
 
     def out(self, name: str, role: str | None = None) -> Path:
         """Declare an output file; returns its path (the run id is inserted before the extension)."""
-        return self._run.declare_output(name, role)  # type: ignore[no-any-return]
+        return Path(self._run.declare_output(name, role))
 
     def save(self, name: str, obj: Any) -> Path:
         """Write ``obj`` (DataFrame → CSV, dict/list → JSON, str → text, bytes as is), redacted, and declare it."""

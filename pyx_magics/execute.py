@@ -56,7 +56,9 @@ def compile_cell(source: str, filename: str) -> tuple[CodeType, CodeType | None]
     tree = ast.parse(source, filename)
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+        expr = tree.body.pop()
+        assert isinstance(expr, ast.Expr)
+        last = ast.Expression(expr.value)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     body = compile(tree, filename, "exec")
     return body, compile(last, filename, "eval") if last is not None else None

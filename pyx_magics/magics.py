@@ -123,6 +123,7 @@ class PyxMagics(Magics):
             session = self.current_session()
         except PyxError as exc:
             raise UsageError(str(exc)) from None
+        assert self.shell is not None
         run, final = run_task(session, request, in_process(source, self.shell.user_ns, timeout=args.timeout))
         display(TaskSummary(final))
         if final["status"] != "succeeded":

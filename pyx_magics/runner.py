@@ -15,7 +15,6 @@ import mimetypes
 import os
 import platform
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator

@@ -38,7 +38,7 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
 def read_lines(path: Path) -> Iterator[dict[str, Any]]:
     """Parsed lines of a JSONL file; a torn or invalid line is skipped, never fatal."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - closed by the `with f` below
     except FileNotFoundError:
         return
     with f:

@@ -57,7 +57,7 @@ def validate(manifest: Any) -> dict[str, Any]:
     problems = schema_errors(manifest)
     if problems:
         raise EvidenceError("manifest does not match pyx.manifest/1: " + "; ".join(problems[:5]))
-    return manifest  # type: ignore[no-any-return]
+    return dict(manifest)
 
 
 def seal(manifest: dict[str, Any], prev_sha256: str | None) -> dict[str, Any]:

@@ -109,13 +109,14 @@ def compare_tables(left: Any, right: Any, key: str | Sequence[str]) -> tuple[lis
     li, ri = index(lrows, "left"), index(rrows, "right")
     values = [c for c in columns if c not in keys]
     result = []
-    for k in sorted(set(li) | set(ri)):
-        lr, rr = li.get(k), ri.get(k)
-        row: dict[str, Any] = dict(zip(keys, k, strict=True))
+    for kv in sorted(set(li) | set(ri)):
+        lr, rr = li.get(kv), ri.get(kv)
+        row: dict[str, Any] = dict(zip(keys, kv, strict=True))
+        changed: list[str] = []
         if rr is None:
-            row["status"], changed = "missing", []
+            row["status"] = "missing"
         elif lr is None:
-            row["status"], changed = "extra", []
+            row["status"] = "extra"
         else:
             changed = [c for c in values if lr.get(c) != rr.get(c)]
             row["status"] = "changed" if changed else "match"
