@@ -114,6 +114,12 @@ class TaskContext:
             self._kafka = connect(self._run, **options)
         return self._kafka
 
+    def fingerprint(self, system: str) -> dict[str, Any]:
+        """Record which server ``system`` (postgres, redis, kafka) is: ``fingerprint.<system>.<run_id>.json``."""
+        from pyx_magics.datalayer.fingerprint import fingerprint
+
+        return fingerprint(self, system)
+
     def diff(self, label: str, left: Any, right: Any, key: Any = None, **options: Any) -> Any:
         """Field-by-field (or row-by-row with ``key``) diff written to ``diff.<label>.<run_id>.json``."""
         from pyx_magics.datalayer.diff import write_diff

@@ -133,6 +133,38 @@ class PyxMagics(Magics):
         return None
 
 
+    @magic_arguments()
+    @argument("systems", nargs="*", metavar="SYSTEM", help="postgres, redis, kafka (default: every configured one)")
+    @line_magic
+    def pyx_fingerprint(self, line: str) -> dict[str, Any]:
+        """Fingerprint the data systems (each its own task): prove which servers this session reaches."""
+        from pyx_magics.datalayer.fingerprint import configured_systems, task_source
+
+        args = parse_argstring(self.pyx_fingerprint, line)
+        unknown = [s for s in args.systems if s not in ("postgres", "redis", "kafka")]
+        if unknown:
+            raise UsageError(f"unknown system(s) {', '.join(unknown)}: choose postgres, redis, kafka")
+        systems = args.systems or configured_systems()
+        if not systems:
+            raise UsageError("no data system configured: set DATABASE_URL / REDIS_URL / KAFKA_BROKERS (see %pyx_env)")
+        session = self.current_session()
+        assert self.shell is not None
+        results: dict[str, Any] = {}
+        failed = []
+        for system in systems:
+            source = task_source(system)
+            request = TaskRequest(f"fingerprint_{system}", source,
+                                  execution_count=getattr(self.shell, "execution_count", None))
+            ns: dict[str, Any] = {}
+            _, final = run_task(session, request, in_process(source, ns))
+            display(TaskSummary(final))
+            results[system] = ns.get("fingerprint")
+            if final["status"] != "succeeded":
+                failed.append(f"{system}: {(final['error'] or {}).get('message', final['status'])}")
+        if failed:
+            raise TaskFailed("fingerprint failed for " + "; ".join(failed))
+        return results
+
     # ------------------------------------------------------------ environment and notes
     @magic_arguments()
     @argument("--no-ports", action="store_true", help="do not probe whether the configured ports are listening")

@@ -32,6 +32,7 @@ from pyx_magics.core.keys import logic_key, output_digest
 from pyx_magics.core.names import check_name, check_output_name, inside, relpath
 from pyx_magics.core.redact import POLICY, Redactor
 from pyx_magics.core.runid import RUN_ID_RE, new_run_id
+from pyx_magics.datalayer import guard
 
 LIVE_LIMIT = 1_000_000  # characters of a task's output shown live; the log keeps everything
 PACKAGES = ("ipython", "ipykernel", "nbformat", "nbconvert", "papermill", "pandas", "psycopg", "redis", "aiokafka")
@@ -203,14 +204,12 @@ Executor = Callable[[Run], Outcome]
 # ---------------------------------------------------------------- the orchestration path
 
 
-def run_task(session: Session, request: TaskRequest, execute: Executor,
-             preflight: Callable[[Run], None] | None = None) -> tuple[Run, dict[str, Any]]:
+def run_task(session: Session, request: TaskRequest, execute: Executor) -> tuple[Run, dict[str, Any]]:
     """Run one task and return (run, final manifest). Never loses the evidence of a failure."""
     run = open_run(session, request)
     outcome = Outcome()
     try:
-        if preflight is not None:
-            preflight(run)
+        guard.preflight(run.dir, session.env_label, request.source)
         outcome = execute(run)
     except WrongEnvironment as exc:
         outcome = Outcome("refused", error_record(exc, run.redactor, with_traceback=False))
