@@ -3,7 +3,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test || exit 1
-.venv/bin/python -m pytest -q -p no:valkey "$@"
+bash scripts/install_browser.sh   # Debian chromium for tests/test_browser.py (root only; never fails the run)
+.venv/bin/python -m pytest -q -rs -p no:valkey "$@"
 code=$?
 if [ "$code" = 5 ]; then
   echo "pytest collected no tests" >&2
