@@ -74,6 +74,9 @@ _SHAPES: tuple[tuple[re.Pattern[str], str, int, tuple[str, ...], bool], ...] = (
     (_DSN, "dsn_password", -1, ("passw", "pwd"), True),
 )
 
+# For case-insensitive rules: a letter every probe of the rule contains, in both cases (memchr-cheap)
+_FOLDED_HINTS = {"bearer": ("b", "B"), "basic_auth": ("z", "Z"), "dsn_password": ("w", "W")}
+
 # A hit: (mask start, mask end, rule, match start, match end); the match may be wider than the mask.
 _Span = tuple[int, int, str, int, int]
 
@@ -164,6 +167,16 @@ def _variants(secret: str) -> set[str]:
     return {v for v in out if len(v) >= MIN_SECRET_LEN}
 
 
+# Characters by how common they are in logs and CSV evidence (most common first); others count as rare.
+_COMMON = " \ne,taoinsrhldcu0123456789mfpgwybv.:-/_\"kxjqz"
+
+
+def _rarest(probe: str, n: int = 3) -> tuple[str, ...]:
+    """The ``n`` rarest distinct characters of ``probe``: all must be in a text for it to match."""
+    rank = sorted(set(probe), key=lambda c: _COMMON.find(c) if c in _COMMON else len(_COMMON), reverse=True)
+    return tuple(rank[:n])
+
+
 class _Index:
     """Variants of the known secrets, grouped under a shortest one that the others contain.
 
@@ -182,8 +195,8 @@ class _Index:
             probe = next((p for p in groups if p in v), None)
             groups.setdefault(v if probe is None else probe, []).append(v)
         self.rule_of = rule_of
-        # (probe, ((variant, offset of the probe in it), ...)), probe first
-        self.groups = [(p, tuple((v, v.find(p)) for v in vs)) for p, vs in groups.items()]
+        # (probe, its rarest characters, ((variant, offset of the probe in it), ...))
+        self.groups = [(p, _rarest(p), tuple((v, v.find(p)) for v in vs)) for p, vs in groups.items()]
         self.multiline = tuple(v for v in rule_of if "\n" in v or "\r" in v)
         self.max_len = max(map(len, rule_of), default=0)
 
@@ -274,7 +287,12 @@ class Redactor:
 
     def _literal_spans(self, s: str, spans: list[_Span]) -> None:
         idx = self._idx
-        for probe, group in idx.groups:
+        present: dict[str, bool] = {}
+        for probe, rare, group in idx.groups:
+            # a one-character ``in`` is a memchr (~20x cheaper than a substring scan): test the probe's
+            # rarest characters first, each once per text
+            if not all(present[c] if c in present else present.setdefault(c, c in s) for c in rare):
+                continue
             if probe not in s:
                 continue
             i = s.find(probe)
@@ -292,10 +310,15 @@ class Redactor:
             spans += _pem_spans(s, final=True)[0]
         low: str | None = None
         for rx, rule, group, probes, folded in _SHAPES:
-            if folded and low is None:
-                low = s.lower()  # only probed with ``in``, never indexed (non-ASCII may change length)
-            where = low if folded and low is not None else s
-            if not any(p in where for p in probes):
+            if folded:
+                if not any(c in s for c in _FOLDED_HINTS[rule]):
+                    continue  # none of the rule's rarest letters, in either case: it cannot match
+                if low is None:
+                    low = s.lower()  # only probed with ``in``, never indexed (non-ASCII may change length)
+                where = low
+            else:
+                where = s
+            if not any(p[-1] in where and p in where for p in probes):
                 continue
             for m in rx.finditer(s):
                 g = group if group >= 0 else m.lastindex or 0

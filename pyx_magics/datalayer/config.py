@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pyx_magics.core.errors import UsageProblem
 
@@ -84,9 +84,10 @@ def _from_url(system: str, var: str, url: str, default_port: int) -> Endpoint:
     except ValueError as exc:
         raise UsageProblem(f"{var} is not a valid URL ({exc})") from None
     path = parts.path.lstrip("/")
+    extra = tuple(parse_qsl(parts.query))  # e.g. sslmode=require, passed through to the driver
     return Endpoint(system, parts.hostname or "127.0.0.1", port, var,
                     unquote(parts.username) if parts.username else None,
-                    unquote(parts.password) if parts.password else None, path or None)
+                    unquote(parts.password) if parts.password else None, path or None, extra)
 
 
 def endpoints(environ: Mapping[str, str] | None = None) -> dict[str, list[Endpoint]]:
