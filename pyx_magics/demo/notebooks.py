@@ -35,6 +35,14 @@ def _parameters_source(params: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+LOCAL_SERVICES_CELL = '''\
+# No tunnels configured (Binder, a laptop)? Start local servers and seed the demo incident in this kernel.
+# `pyx demo` and real investigations set DATABASE_URL etc. before the kernel starts, so this does nothing there.
+import os
+if not os.environ.get("DATABASE_URL"):
+    from pyx_magics.demo.local import start_demo_services
+    start_demo_services()'''
+
 INPUT_CELL = '''\
 # The input every task below shares: time window, entity ids, notes (validated before any task runs)
 import json, pathlib
@@ -73,11 +81,12 @@ for entity in pyx.input["entity_ids"]:
     value = cache[entity].get("value") or {}
     row = orders[orders["id"] == entity].iloc[0]
     cached_status = value.get("status", value.get("state")) if isinstance(value, dict) else None
+    version = (cache[entity].get("version") or {}).get("value")
     pyx.diff(f"db_vs_cache_{entity}", {"status": str(row["status"]), "serialization_version": 2},
-             {"status": cached_status, "serialization_version": cache[entity].get("serialization_version")},
+             {"status": cached_status, "serialization_version": version},
              left_name="database", right_name="cache")
-    print(key, "ttl", cache[entity].get("ttl"), "version", cache[entity].get("serialization_version"),
-          "db", row["status"], "cache", cached_status)'''
+    print(key, "exists", cache[entity]["exists"], "ttl", cache[entity]["ttl"], "version", version,
+          "| database", row["status"], "| cache", cached_status)'''
 
 KAFKA_LAG_CELL = '''\
 %%pyx_run consumer_lag --input incident.input.json
@@ -131,7 +140,10 @@ def build(params: dict[str, Any], *, demo: bool) -> nbformat.NotebookNode:
     ]
     p = new_code_cell(_parameters_source(params))
     p.metadata["tags"] = ["parameters"]
-    cells += [p, new_code_cell("%pyx_topic {topic} --env {environment_label}")]
+    cells.append(p)
+    if demo:
+        cells.append(new_code_cell(LOCAL_SERVICES_CELL))
+    cells.append(new_code_cell("%pyx_topic {topic} --env {environment_label}"))
     for i, heading in enumerate(("Problem statement", "Expected behavior", "Scope", "Hypotheses")):
         cells.append(md(f"## {heading}"))
         if demo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -151,7 +152,9 @@ async def _seed_kafka(brokers: str) -> dict[str, Any]:
 
 
 def seed_kafka(brokers: str) -> dict[str, Any]:
-    return asyncio.run(_seed_kafka(brokers))
+    # a private loop on a worker thread: inside a kernel an event loop is already running
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _seed_kafka(brokers)).result()
 
 
 def seed_all(env: dict[str, str]) -> dict[str, Any]:
