@@ -79,7 +79,7 @@ class PyxMagics(Magics):
     @argument("--env", default=None, help="declared environment label: prod, staging, local, ...")
     @argument("--new", action="store_true", help="start a new session instead of resuming the topic's last one")
     @line_magic
-    def pyx_topic(self, line: str) -> Session:
+    def pyx_topic(self, line: str) -> None:
         """Start or resume an investigation: every later task is recorded under this topic."""
         args = parse_argstring(self.pyx_topic, line)
         try:
@@ -88,7 +88,6 @@ class PyxMagics(Magics):
             raise UsageError(str(exc)) from None
         s = self.session
         print(f"pyx topic {s.topic} · session {s.session_id} · environment {s.env_label.upper()} · dir {s.dir}")
-        return s
 
     # ------------------------------------------------------------ tasks
     @magic_arguments()
@@ -119,7 +118,7 @@ class PyxMagics(Magics):
             params = validate_input(merge(params, parse_params(args.param)))
             source = self.shell.transform_cell(cell) if self.shell else cell
             request = TaskRequest(args.task, source, params, args.timeout, args.allow_write,
-                                  execution_count=getattr(self.shell, "execution_count", None))
+                                  execution_count=cell_number(self.shell))
             session = self.current_session()
         except PyxError as exc:
             raise UsageError(str(exc)) from None
@@ -154,7 +153,7 @@ class PyxMagics(Magics):
         for system in systems:
             source = task_source(system)
             request = TaskRequest(f"fingerprint_{system}", source,
-                                  execution_count=getattr(self.shell, "execution_count", None))
+                                  execution_count=cell_number(self.shell))
             ns: dict[str, Any] = {}
             _, final = run_task(session, request, in_process(source, ns))
             display(TaskSummary(final))
@@ -191,11 +190,17 @@ class PyxMagics(Magics):
         except PyxError as exc:
             raise UsageError(str(exc)) from None
         s = self.current_session()
-        record["execution_count"] = getattr(self.shell, "execution_count", None)
+        record["execution_count"] = cell_number(self.shell)
         record["text"] = s.redactor.text(record["text"])
         append_journal(s.dir, s.topic, s.session_id, record)
         print(f"noted {record['note']}: {record['text']}")
         return record
+
+
+def cell_number(shell: Any) -> int | None:
+    """The running cell's number: IPython advances ``execution_count`` before the cell runs."""
+    n = getattr(shell, "execution_count", None)
+    return n - 1 if isinstance(n, int) and n > 1 else n
 
 
 def build_note(kind: str, words: list[str]) -> dict[str, Any]:

@@ -74,3 +74,21 @@ def kafka_topic() -> Callable[[str], str]:
         return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pyx_kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Env vars to add so kernel name ``pyx`` resolves (KernelManager, papermill, ``jupyter``).
+
+    The kernelspec is installed once into a temporary prefix (never the user's Jupyter dirs);
+    ``JUPYTER_PATH`` points at it and ``JUPYTER_RUNTIME_DIR`` keeps connection files there too.
+    """
+    import os
+
+    from kernel_ext.kernelspec import install
+
+    prefix = tmp_path_factory.mktemp("jupyter-prefix")
+    install(prefix=str(prefix))
+    paths = [str(prefix / "share" / "jupyter"), os.environ.get("JUPYTER_PATH", "")]
+    return {"JUPYTER_PATH": os.pathsep.join(p for p in paths if p),
+            "JUPYTER_RUNTIME_DIR": str(prefix / "runtime")}

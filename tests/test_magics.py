@@ -231,3 +231,10 @@ def test_huge_output_is_fully_logged_but_truncated_live(shell, tmp_path, capsys,
     shown = capsys.readouterr().out
     assert "line 1999" not in shown and "output truncated" in shown and m["log"]["truncated"] is True
     assert os.path.getsize(tmp_path / "temp" / m["log"]["path"]) == m["log"]["bytes"]
+
+
+def test_manifest_records_the_cell_number_the_user_sees(shell, tmp_path):
+    shell.run_cell("a = 1", store_history=True)
+    shell.run_cell("%%pyx_run numbered\nb = 2", store_history=True)
+    (m,) = manifests(tmp_path / "temp", "numbered")
+    assert m["code"]["execution_count"] == 2

@@ -1,0 +1,98 @@
+"""Kernel overhead: a notebook of N ``%%pyx_run`` cells on the pyx kernel vs the same cells, without
+the magic, on the plain python3 kernel. Both through papermill with ``request_save_on_cell_execute=False``.
+
+Usage: ``.venv/bin/python benchmarks/kernel_overhead.py [CELLS] [REPEATS]``
+(or ``PYX_BENCH_CELLS`` / ``PYX_BENCH_REPEATS``; defaults 200 and 5). Runs alternate in order; the
+best (minimum) wall time of each is reported, the least disturbed by other load on the machine. A second, informational metric runs the plain cells on the
+pyx kernel: the cost of the journal hooks alone. The pyx kernelspec goes into a temporary prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 1.25
+
+
+def make_notebook(path: Path, cells: int, *, pyx: bool, first: str | None = None) -> Path:
+    """``cells`` cells (``%%pyx_run`` tasks when ``pyx``), after an optional ``first`` cell."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    body = "x = {i}\ny = x * 2"
+    nb.cells = [nbformat.v4.new_code_cell(first)] if first else []
+    nb.cells += [nbformat.v4.new_code_cell((f"%%pyx_run cell{i}\n" if pyx else "") + body.format(i=i))
+                 for i in range(cells)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def run(src: Path, out: Path, kernel: str, cwd: Path) -> float:
+    import papermill
+
+    t0 = time.perf_counter()
+    papermill.execute_notebook(str(src), str(out), kernel_name=kernel, request_save_on_cell_execute=False,
+                               progress_bar=False, log_output=False, cwd=str(cwd))
+    return time.perf_counter() - t0
+
+
+def report(metric: str, pyx: float, base: float, pyx_runs: list[float], base_runs: list[float],
+           target: float | None) -> None:
+    ratio = pyx / base
+    print(f"metric: {metric}")
+    print(f"pyx: {pyx:.3f}  (runs: {', '.join(f'{t:.3f}' for t in pyx_runs)})")
+    print(f"baseline: {base:.3f}  (runs: {', '.join(f'{t:.3f}' for t in base_runs)})")
+    print(f"ratio: {ratio:.3f}")
+    print(f"target: {'<= ' + str(target) if target else 'none (informational)'}")
+    print(f"met: {('yes' if ratio <= target else 'no') if target else '-'}")
+    print()
+
+
+def main(argv: list[str]) -> int:
+    cells = int(argv[1]) if len(argv) > 1 else int(os.environ.get("PYX_BENCH_CELLS", "200"))
+    repeats = int(argv[2]) if len(argv) > 2 else int(os.environ.get("PYX_BENCH_REPEATS", "5"))
+    from kernel_ext.kernelspec import install
+
+    with tempfile.TemporaryDirectory(prefix="pyx-bench-kernel-") as tmp:
+        root = Path(tmp)
+        install(prefix=str(root / "prefix"))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(
+            p for p in (str(root / "prefix" / "share" / "jupyter"), os.environ.get("JUPYTER_PATH")) if p)
+        os.environ["PYX_TOPIC"] = "bench"
+        pyx_nb = make_notebook(root / "pyx.ipynb", cells, pyx=True)
+        base_nb = make_notebook(root / "base.ipynb", cells, pyx=False)
+        # the journal needs a session: start one in a first cell (the baseline gets a trivial one)
+        journal_nb = make_notebook(root / "journal.ipynb", cells, pyx=False, first="%pyx_topic bench")
+        plain_nb = make_notebook(root / "plain.ipynb", cells, pyx=False, first="pass")
+        runs = {"pyx": (pyx_nb, "pyx"), "baseline": (base_nb, "python3"), "journal": (journal_nb, "pyx"),
+                "plain": (plain_nb, "python3")}
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for r in range(repeats):
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))
+            for which in order:
+                src, kernel = runs[which]
+                work = root / f"{which}-{r}"
+                work.mkdir()
+                os.environ["PYX_DIR"] = str(work / "inv")
+                times[which].append(run(src, work / "out.ipynb", kernel, work))
+                if which == "pyx":
+                    found = len(list((work / "inv").glob("*.manifest.json")))
+                    assert found == cells, f"expected {cells} manifests, found {found}"
+                if which == "journal":
+                    lines = sum(1 for _ in next((work / "inv").glob("*.journal.jsonl")).open())
+                    assert lines == cells + 1, f"expected {cells + 1} journal lines, found {lines}"
+        med = {k: min(v) for k, v in times.items()}
+    report(f"papermill wall time, {cells} %%pyx_run cells on pyx vs plain cells on python3, "
+           f"best of {repeats} (s)", med["pyx"], med["baseline"], times["pyx"], times["baseline"], TARGET)
+    report(f"papermill wall time, {cells} plain cells on pyx (journal hooks only) vs python3, "
+           f"best of {repeats} (s)", med["journal"], med["plain"], times["journal"], times["plain"], None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
