@@ -115,8 +115,10 @@ def scan_dir(root: Path, skip: Callable[[str], bool] | None = None) -> dict[str,
             entries = list(os.scandir(folder))
         except OSError:
             continue
+        # a task's code file <task>.py sits beside its <task>.input.json: pyx's own, never an output
+        code_files = {e.name[:-11] + ".py" for e in entries if e.name.endswith(".input.json")}
         for e in entries:
-            if e.name.startswith(".") or (skip is not None and skip(e.name)):
+            if e.name.startswith(".") or e.name in code_files or (skip is not None and skip(e.name)):
                 continue
             rel = prefix + e.name
             try:

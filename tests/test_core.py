@@ -178,3 +178,22 @@ def test_history_appends_stay_valid_under_concurrent_writers(tmp_path):
     assert len(lines) == 800
     parsed = [json.loads(line) for line in lines]
     assert {(p["worker"], p["i"]) for p in parsed} == {(w, i) for w in range(4) for i in range(200)}
+
+
+def test_spare_files_take_file_creation_off_the_hot_path_and_are_cleaned_up(tmp_path):
+    import time as _time
+
+    from pyx_magics.core import spares
+
+    pool = spares.pool(tmp_path)
+    deadline = _time.monotonic() + 5
+    while len(list(tmp_path.glob(".pyx-spare.*"))) < spares.KEEP and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    before = set(tmp_path.glob(".pyx-spare.*"))
+    atomic_write(tmp_path / "m.json", b"{}", use_spare=True)
+    assert (tmp_path / "m.json").read_bytes() == b"{}"
+    assert len(before - set(tmp_path.glob(".pyx-spare.*"))) == 1, "the write used one of the spares"
+    pool.close()
+    assert not list(tmp_path.glob(".pyx-spare.*"))
+    (tmp_path / ".pyx-spare.999999999.1").write_bytes(b"")  # left by a process that no longer exists
+    assert spares.sweep(tmp_path) == 1 and not list(tmp_path.glob(".pyx-spare.*"))
