@@ -197,6 +197,44 @@ class PyxMagics(Magics):
         return record
 
 
+    @magic_arguments()
+    @argument("what", nargs="?", default="all", choices=("inspect", "summary", "learn", "all"),
+              help="which report (default: all)")
+    @argument("--notebook", default=None, metavar="PATH",
+              help="the saved notebook to read (default: the one Jupyter says is open, else the journal only)")
+    @argument("--project-prefix", action="append", default=[], metavar="PREFIX",
+              help="project prefix to de-project from the global learn package (repeatable)")
+    @line_magic
+    def pyx_export(self, line: str) -> None:
+        """Write the investigation log, the summary and/or learn packages of this session."""
+        from pyx_magics.core.errors import PyxError as _PyxError
+
+        args = parse_argstring(self.pyx_export, line)
+        s = self.current_session()
+        notebook = args.notebook or os.environ.get("JPY_SESSION_NAME")
+        try:
+            if notebook and Path(notebook).suffix == ".ipynb" and Path(notebook).is_file():
+                from pyx_magics.report import export_notebook
+
+                written = export_notebook(notebook, args.what, directory=s.dir, prefixes=args.project_prefix)
+            elif args.notebook:
+                raise UsageError(f"--notebook {args.notebook}: no such notebook")
+            else:  # a live kernel (or papermill) with no saved notebook: journal + manifests
+                from pyx_magics.report.exporters import export_investigation
+                from pyx_magics.report.model import load_session
+
+                inv = load_session(s.dir, s.topic, s.session_id)
+                written, leaks = export_investigation(inv, args.what, prefixes=args.project_prefix)
+                if leaks:
+                    print(f"warning: {len(leaks)} project identifier(s) left in the global learn package")
+        except _PyxError as exc:
+            raise UsageError(str(exc)) from None
+        shown = sorted({p if p.parent == s.dir else next(q for q in p.parents if q.parent == s.dir) for p in
+                        map(Path, written) if s.dir in p.parents})
+        for path in shown:
+            print(f"wrote {path.relative_to(s.dir.parent)}{'/' if path.is_dir() else ''}")
+
+
 def cell_number(shell: Any) -> int | None:
     """The running cell's number: IPython advances ``execution_count`` before the cell runs."""
     n = getattr(shell, "execution_count", None)

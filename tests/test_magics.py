@@ -238,3 +238,19 @@ def test_manifest_records_the_cell_number_the_user_sees(shell, tmp_path):
     shell.run_cell("%%pyx_run numbered\nb = 2", store_history=True)
     (m,) = manifests(tmp_path / "temp", "numbered")
     assert m["code"]["execution_count"] == 2
+
+
+def test_pyx_export_writes_reports_of_the_live_session_from_the_journal(shell, tmp_path, capsys):
+    shell.run_line_magic("pyx_topic", "live-export --new")
+    shell.run_cell("%pyx_note problem order 1042 shows PENDING")
+    assert run(shell, "pyx.save('x', {'a': 1})", "step_one").success
+    shell.run_cell("%pyx_note root_cause the cache was stale")
+    assert shell.run_cell("%pyx_export all").success
+    root = tmp_path / "temp"
+    (inspect,) = root.glob("live-export.*.inspect.md")
+    text = inspect.read_text()
+    assert "order 1042 shows PENDING" in text and "step_one" in text and "the cache was stale" in text
+    assert list(root.glob("live-export.*.summary.md")) and list(root.glob("live-export.*.learn"))
+    assert "wrote temp/live-export" in capsys.readouterr().out
+    r = shell.run_cell("%pyx_export all --notebook missing.ipynb")
+    assert type(r.error_in_exec).__name__ == "UsageError"
