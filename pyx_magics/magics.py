@@ -16,6 +16,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from pyx_magics.core.errors import PyxError, UsageProblem
+from pyx_magics.core.names import check_name
 from pyx_magics.core.inputs import parse_input_text, validate_input
 from pyx_magics.display import TaskSummary
 from pyx_magics.execute import in_process
@@ -180,7 +181,8 @@ class PyxMagics(Magics):
 
     @magic_arguments()
     @argument("kind", help="one of: " + " ".join(NOTE_KINDS))
-    @argument("text", nargs="+", help="the note; for `action` add owner=NAME due=YYYY-MM-DD")
+    @argument("text", nargs="+", help="the note; for `action` add owner=NAME due=YYYY-MM-DD; any note may name "
+              "the tasks that prove it with evidence=TASK[,TASK...]")
     @line_magic
     def pyx_note(self, line: str) -> dict[str, Any]:
         """Add a structured note (problem, hypothesis, finding, root_cause, action, ...) to the journal."""
@@ -251,7 +253,7 @@ def build_note(kind: str, words: list[str]) -> dict[str, Any]:
     text_words = []
     for w in words:
         key, sep, value = w.partition("=")
-        if sep and key in ("owner", "due"):
+        if sep and key in ("owner", "due", "evidence"):
             fields[key] = value
         else:
             text_words.append(w)
@@ -260,8 +262,10 @@ def build_note(kind: str, words: list[str]) -> dict[str, Any]:
             date.fromisoformat(fields["due"])
         except ValueError:
             raise UsageProblem(f"due={fields['due']!r} is not a date (YYYY-MM-DD)") from None
-    if kind != "action" and fields:
+    if kind != "action" and ("owner" in fields or "due" in fields):
         raise UsageProblem("owner= and due= are only for `action` notes")
+    if "evidence" in fields:
+        fields["evidence"] = [check_name(t, "task name") for t in fields["evidence"].split(",") if t]
     text = " ".join(text_words).strip()
     if not text:
         raise UsageProblem("the note has no text")

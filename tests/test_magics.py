@@ -254,3 +254,30 @@ def test_pyx_export_writes_reports_of_the_live_session_from_the_journal(shell, t
     assert "wrote temp/live-export" in capsys.readouterr().out
     r = shell.run_cell("%pyx_export all --notebook missing.ipynb")
     assert type(r.error_in_exec).__name__ == "UsageError"
+
+
+def test_notes_take_owner_due_for_actions_and_evidence_for_any_kind():
+    from pyx_magics.core.errors import UsageProblem
+    from pyx_magics.magics import build_note
+
+    note = build_note("action", "Alert on lag owner=alice due=2026-12-11 evidence=consumer_lag,events".split())
+    assert (note["owner"], note["due"], note["evidence"]) == ("alice", "2026-12-11", ["consumer_lag", "events"])
+    assert note["text"] == "Alert on lag"
+    assert build_note("root_cause", ["stalled", "evidence=lag"])["evidence"] == ["lag"]
+    for bad in (("finding", ["x", "owner=bob"]), ("action", ["x", "due=tomorrow"]), ("nope", ["x"]),
+                ("finding", ["x", "evidence=../etc"]), ("finding", ["owner=a"])):
+        with pytest.raises(UsageProblem):
+            build_note(*bad)
+
+
+def test_a_note_naming_its_evidence_links_to_those_steps_in_the_reports(shell, tmp_path):
+    from pyx_magics.report.model import load_session
+
+    shell.run_line_magic("pyx_topic", "linked --new")
+    for task in ("first", "second", "third"):
+        assert run(shell, "x = 1", task).success
+    shell.run_cell("%pyx_note root_cause it was the first one evidence=first")
+    s = shell._pyx_magics.session
+    inv = load_session(s.dir, s.topic, s.session_id)
+    (note,) = [n for n in inv.notes if n.kind == "root_cause"]
+    assert [st.task for st in note.steps] == ["first"]

@@ -117,17 +117,22 @@ DEMO_NOTES = [
     "%pyx_note hypothesis The cache was not updated after payment: consumer lag or a failed cache write",
 ]
 
+# one finding right after the step that proves it, so the reports link each claim to its evidence
+DEMO_STEP_FINDINGS = {
+    "db": "%pyx_note finding The database says PAID, with a CAPTURED payment at 22:59:30 UTC (23:59 in Paris)",
+    "cache": "%pyx_note finding The cache still holds PENDING for order 1042, in serialization version 1, with no TTL",
+    "lag": "%pyx_note finding The cache-updater group lags by 14 on partition 1 of order-events, from the order.paid event of 1042 on",
+    "events": "%pyx_note finding The order.paid event of 1042 was produced twice with the same event_id",
+}
+
 DEMO_FINDINGS = [
-    "%pyx_note finding The database says PAID with a CAPTURED payment; the cache still holds PENDING in serialization version 1",
-    "%pyx_note finding The cache-updater group lags on partition 1 of order-events, from the order.paid event of 1042 on",
-    "%pyx_note finding The order.paid event of 1042 was produced twice with the same event_id",
-    "%pyx_note root_cause The cache-updater consumer stalled on partition 1 (the v1 entry it could not upgrade), so the order.paid event for 1042 was never applied to the cache",
-    "%pyx_note fix Delete or rewrite cache key order:1042 from the database row and restart the cache-updater on partition 1",
-    "%pyx_note impact One order shown with a wrong status; about 14 events on partition 1 not yet applied",
-    "%pyx_note prevention Alert on consumer lag per partition, and make the cache updater idempotent on event_id",
-    "%pyx_note action Add a per-partition lag alert for cache-updater owner=alice due=2026-12-11",
-    "%pyx_note action Deduplicate order.paid by event_id in the payment service owner=bob due=2026-12-18",
-    "%pyx_note status mitigated: cache entry corrected, consumer restarted; prevention actions open",
+    "%pyx_note root_cause The cache-updater consumer stalled on partition 1 (the v1 entry it could not upgrade), so the order.paid event for 1042 was never applied to the cache evidence=db_rows,cache_vs_db,consumer_lag",
+    "%pyx_note fix Delete or rewrite cache key order:1042 from the database row and restart the cache-updater on partition 1 evidence=cache_vs_db,consumer_lag",
+    "%pyx_note impact One order shown with a wrong status; 14 events on partition 1 not yet applied evidence=consumer_lag,events",
+    "%pyx_note prevention Alert on consumer lag per partition, and make the cache updater idempotent on event_id evidence=consumer_lag,events",
+    "%pyx_note action Add a per-partition lag alert for cache-updater owner=alice due=2026-12-11 evidence=consumer_lag",
+    "%pyx_note action Deduplicate order.paid by event_id in the payment service owner=bob due=2026-12-18 evidence=events",
+    "%pyx_note status mitigated: cache entry corrected, consumer restarted; prevention actions open evidence=cache_vs_db",
 ]
 
 
@@ -150,10 +155,14 @@ def build(params: dict[str, Any], *, demo: bool) -> nbformat.NotebookNode:
             cells.append(new_code_cell(DEMO_NOTES[i]))
     cells += [new_code_cell(INPUT_CELL)]
     cells += [md("## Steps + evidence\n\n### 0. Fingerprint: which systems did we reach?"),
-              new_code_cell("%pyx_fingerprint"),
-              md("### 1. Database"), new_code_cell(DB_CELL),
-              md("### 2. Cache"), new_code_cell(CACHE_CELL),
-              md("### 3. Async pipeline"), new_code_cell(KAFKA_LAG_CELL), new_code_cell(KAFKA_EVENTS_CELL)]
+              new_code_cell("%pyx_fingerprint")]
+    for heading, key, source in (("### 1. Database", "db", DB_CELL), ("### 2. Cache", "cache", CACHE_CELL),
+                                 ("### 3. Async pipeline", "lag", KAFKA_LAG_CELL), (None, "events", KAFKA_EVENTS_CELL)):
+        if heading:
+            cells.append(md(heading))
+        cells.append(new_code_cell(source))
+        if demo:
+            cells.append(new_code_cell(DEMO_STEP_FINDINGS[key]))
     cells += [md("## Root cause"), md("## Mitigation / Fix"), md("## Prevention")]
     if demo:
         cells += [new_code_cell("\n".join(DEMO_FINDINGS))]

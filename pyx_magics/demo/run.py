@@ -47,6 +47,18 @@ def kernel_env(root: Path) -> dict[str, str]:
     return {"JUPYTER_PATH": os.pathsep.join(p for p in paths if p)}
 
 
+def original_session(notebook: Path) -> str:
+    """The session id the executed notebook's first task ran under (shown in its outputs)."""
+    import re
+
+    from pyx_magics.core.history import read_lines
+
+    text = notebook.read_text("utf-8")
+    run_ids = re.findall(r"\b(\d{8}T\d{9}Z-[0-9a-f]{6})\b", text)
+    history = {h["run_id"]: h.get("session_id") for h in read_lines(notebook.parent / "temp" / ".history.jsonl")}
+    return next((history[r] for r in run_ids if r in history), "*")
+
+
 def leader_part(summary: Path) -> str:
     text = summary.read_text("utf-8")
     start = text.find("## Leader")
@@ -84,10 +96,11 @@ def run_demo(directory: str | os.PathLike[str], *, progress: bool = True) -> dic
             step("re-running the notebook with papermill and comparing the evidence")
             verdict = cli.main(["rerun", str(nb_out), "--dir", str(evidence),
                                 "--output", str(root / "demo_incident.rerun.ipynb")])
-    reports = sorted(evidence.glob("*.inspect.md")) + sorted(evidence.glob("*.summary.md"))
-    summary = next(iter(sorted(evidence.glob("*.summary.md"))), None)
+    session = original_session(nb_out)
+    reports = sorted(evidence.glob(f"*.{session}.inspect.md")) + sorted(evidence.glob(f"*.{session}.summary.md"))
+    summary = next(iter(sorted(evidence.glob(f"*.{session}.summary.md"))), None)
     result = {"dir": str(root), "evidence": str(evidence), "seeded": seeded, "notebook": str(nb_out),
-              "reports": [str(p) for p in reports], "learn": [str(p) for p in sorted(evidence.glob("*.learn"))],
+              "reports": [str(p) for p in reports], "learn": [str(p) for p in sorted(evidence.glob(f"*.{session}.learn"))],
               "compare": [str(p) for p in sorted(evidence.glob("*.compare.md"))],
               "reproduced": verdict == 0, "seconds": round(time.perf_counter() - t0, 1)}
     print(f"\npyx demo finished in {result['seconds']} s; servers stopped.")

@@ -111,6 +111,7 @@ class Note:
     due: str | None = None
     cell_index: int | None = None
     steps: list[Step] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)  # task names named by ``evidence=`` in the note
 
 
 @dataclass
@@ -270,8 +271,10 @@ def load_session(directory: str | os.PathLike[str], topic: str | None = None, se
     for rec in read_journal(journal_path(root, topic, str(session_id))):
         if rec.get("kind") == "note" and rec.get("note") in NOTE_KINDS and isinstance(rec.get("text"), str):
             ec = rec.get("execution_count")
+            ev = rec.get("evidence")
             inv.notes.append(Note(str(rec["note"]), rec["text"], "journal", _str(rec.get("at")),
-                                  ec if isinstance(ec, int) else None, _str(rec.get("owner")), _str(rec.get("due"))))
+                                  ec if isinstance(ec, int) else None, _str(rec.get("owner")), _str(rec.get("due")),
+                                  evidence=[str(t) for t in ev] if isinstance(ev, list) else []))
     if link:
         _number_and_link(inv)
     return inv
@@ -523,10 +526,14 @@ def _number_and_link(inv: Investigation) -> None:
 
 
 def _steps_for_note(runs: list[Step], starts: list[str], ecs: list[int | None], note: Note) -> list[Step]:
-    """The task(s) run in the note's cell, else in the last cell that ran a task before it."""
+    """The tasks the note names (``evidence=``), else the task(s) run in the note's cell, else in the
+    last cell that ran a task before it."""
     end = bisect.bisect_left(starts, _rfc(note.at)) if note.at else len(runs)  # runs started before the note
     if end == 0:
         return []
+    if note.evidence:  # the latest run of each named task before the note
+        latest = {runs[i].task: runs[i] for i in range(end) if runs[i].task in note.evidence}
+        return sorted(latest.values(), key=lambda s: s.number)
     n = note.execution_count
     if n is not None:
         same = [runs[i] for i in range(end) if ecs[i] == n]
