@@ -96,4 +96,4 @@ def test_one_db_row_one_redis_key_and_one_kafka_message_changed_are_named_exactl
     assert files["events"] == {"kafka_messages.entity_1042", "message_count_per_partition"}
     orders = next(o for o in next(t for t in rep["tasks"] if t["task"] == "db_rows")["outputs"]
                   if o["path"].startswith("db_rows.orders"))
-    assert orders["rows"]["changed"] == 1 and orders["rows"]["added"] == 0 and orders["rows"]["removed"] == 0
+    assert (orders["rows_changed"], orders["rows_added"], orders["rows_removed"]) == (1, 0, 0)
