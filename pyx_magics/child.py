@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
     ctx = TaskContext(recorder)
     task._current = ctx
     own = [os.environ.get(k, "") for k in ("PYX_LOG_PATH", "PYX_OUTPUT_PATH", "PYX_INPUT_PATH", "PYX_EVENTS_PATH")]
+    own.append(script)  # the script is the task's code (recorded as <task>.py), not one of its inputs
     audit = start_audit(own)
     sys.argv = list(argv)
     code = 0

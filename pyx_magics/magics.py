@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from pyx_magics.core.errors import PyxError, UsageProblem
@@ -27,6 +28,15 @@ from pyx_magics.runner import Session, TaskRequest, run_task
 
 class TaskFailed(Exception):
     """The task body raised; its evidence is written. Shown as one line plus a pointer to the log."""
+
+
+def parse_line(magic: Any, line: str) -> Any:
+    """Parse a magic's line with shell quoting (``--allow-write "INC-1042: fix"`` gives the bare reason)."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse {line!r}: {exc}") from None
+    return magic.parser.parse_args(argv)
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
@@ -82,7 +92,7 @@ class PyxMagics(Magics):
     @line_magic
     def pyx_topic(self, line: str) -> None:
         """Start or resume an investigation: every later task is recorded under this topic."""
-        args = parse_argstring(self.pyx_topic, line)
+        args = parse_line(self.pyx_topic, line)
         try:
             self.session = Session.start(args.dir, args.topic, args.env, resume=not args.new)
         except PyxError as exc:
@@ -95,7 +105,8 @@ class PyxMagics(Magics):
     @argument("task", help="task name ([A-Za-z0-9_.-], up to 100 characters)")
     @argument("--input", default=None, metavar="FILE", help="input JSON file (time_window, entity_ids, notes, ...)")
     @argument("--param", action="append", metavar="KEY=VALUE",
-              help="input parameter; VALUE is parsed as JSON when possible; repeatable; dotted keys nest")
+              help="input parameter; VALUE is parsed as JSON when possible (quote it: --param 'ids=[1, 2]'); "
+              "repeatable; dotted keys nest (time_window.start=...)")
     @argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop the task after SECONDS")
     @argument("--allow-write", default=None, metavar="REASON",
               help="open write access to data systems for this task only; the reason is recorded")
@@ -106,7 +117,7 @@ class PyxMagics(Magics):
         Inside the cell, ``pyx`` offers ``input``, ``run_id``, ``dir``, ``out(name)``,
         ``save(name, obj)``, ``db()``, ``redis()``, ``kafka()`` and ``diff(...)``.
         """
-        args = parse_argstring(self.pyx_run, line)
+        args = parse_line(self.pyx_run, line)
         try:
             params: dict[str, Any] = {}
             if args.input:
@@ -140,7 +151,7 @@ class PyxMagics(Magics):
         """Fingerprint the data systems (each its own task): prove which servers this session reaches."""
         from pyx_magics.datalayer.fingerprint import configured_systems, task_source
 
-        args = parse_argstring(self.pyx_fingerprint, line)
+        args = parse_line(self.pyx_fingerprint, line)
         unknown = [s for s in args.systems if s not in ("postgres", "redis", "kafka")]
         if unknown:
             raise UsageError(f"unknown system(s) {', '.join(unknown)}: choose postgres, redis, kafka")
@@ -173,7 +184,7 @@ class PyxMagics(Magics):
         """Show the environment label, configured endpoints (secrets hidden) and which local ports listen now."""
         from pyx_magics.info import collect, render
 
-        args = parse_argstring(self.pyx_env, line)
+        args = parse_line(self.pyx_env, line)
         data = collect(check_ports=not args.no_ports)
         if self.session is not None:
             data["environment_label"] = self.session.env_label
@@ -186,7 +197,7 @@ class PyxMagics(Magics):
     @line_magic
     def pyx_note(self, line: str) -> dict[str, Any]:
         """Add a structured note (problem, hypothesis, finding, root_cause, action, ...) to the journal."""
-        args = parse_argstring(self.pyx_note, line)
+        args = parse_line(self.pyx_note, line)
         try:
             record = build_note(args.kind, args.text)
         except PyxError as exc:
@@ -211,7 +222,7 @@ class PyxMagics(Magics):
         """Write the investigation log, the summary and/or learn packages of this session."""
         from pyx_magics.core.errors import PyxError as _PyxError
 
-        args = parse_argstring(self.pyx_export, line)
+        args = parse_line(self.pyx_export, line)
         s = self.current_session()
         notebook = args.notebook or os.environ.get("JPY_SESSION_NAME")
         try:

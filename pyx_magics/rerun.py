@@ -29,7 +29,7 @@ from pyx_magics.core.errors import ConnectionProblem, EvidenceError, UsageProble
 from pyx_magics.core.hashing import atomic_write
 from pyx_magics.core.history import HISTORY, read_lines
 from pyx_magics.core.names import check_name, inside
-from pyx_magics.core.redact import MASK, Redactor, is_secret_name
+from pyx_magics.core.redact import MASK, Redactor, is_secret_key
 from pyx_magics.core.runid import RUN_ID_RE, new_run_id
 from pyx_magics.replay import session_state_kept, write_result
 
@@ -175,7 +175,7 @@ def check_known(names: Iterable[str], known: set[str], notebook: str) -> None:
 
 def secrets_of(params: Mapping[str, Any]) -> list[str]:
     """Values of parameters whose name looks secret (``db_password``, ``api_token``...)."""
-    return [str(v) for k, v in params.items() if is_secret_name(k) and v not in (None, "") and str(v) != MASK]
+    return [str(v) for k, v in params.items() if is_secret_key(k) and v not in (None, "") and str(v) != MASK]
 
 
 # ---------------------------------------------------------------- sessions and manifests
@@ -435,7 +435,7 @@ def redact_notebook(buf: str, red: Redactor, job: Job) -> str:
     nb = nbformat.reads(buf, as_version=4)
     meta = nb.metadata.setdefault("papermill", {})
     params = dict(meta.get("parameters") or {})
-    masked = {k: (MASK if is_secret_name(k) and v not in (None, "") else v) for k, v in params.items()}
+    masked = {k: (MASK if is_secret_key(k) and v not in (None, "") else v) for k, v in params.items()}
     meta["parameters"] = masked
     meta["output_path"] = job.output
     language = (nb.metadata.get("kernelspec") or {}).get("language") or "python"

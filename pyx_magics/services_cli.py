@@ -26,7 +26,18 @@ def cmd_services(args: argparse.Namespace) -> int:
     from pyx_magics import services
 
     if args.action == "run":
-        cmd = [a for a in args.cmd if a != "--"] if args.cmd and args.cmd[0] == "--" else list(args.cmd)
+        cmd = list(args.cmd)
+        if "--" in cmd:  # options may also come after `run`: pyx services run --system redis -- CMD
+            cut = cmd.index("--")
+            late = argparse.ArgumentParser(prog="pyx services run", add_help=False)
+            late.add_argument("--system", action="append", choices=("postgres", "redis", "kafka"))
+            late.add_argument("--state")
+            try:
+                extra = late.parse_args(cmd[:cut])
+            except SystemExit:
+                raise UsageProblem(f"unexpected arguments before --: {' '.join(cmd[:cut])}") from None
+            args.system = (args.system or []) + (extra.system or []) or None
+            cmd = cmd[cut + 1:]
         if not cmd:
             raise UsageProblem("pyx services run needs a command: pyx services run -- CMD ARGS...")
         return services.run_with_services(cmd, _systems(args))

@@ -50,6 +50,7 @@ def test_pyx_run_gives_the_script_the_seed_variables_and_records_the_same_manife
     assert outs == {"answer.json": "audit", f"declared.{m['run_id']}.json": "explicit"}
     assert (mpath.parent / m["log"]["path"]).read_text() == "done\n"
     assert json.loads((mpath.parent / "answer.json").read_text())["run"] == m["run_id"]
+    assert m["files"]["inputs"] == [], "the script is the code and its input JSON is the input, not files read"
     assert manifest.verify([mpath]).ok
 
 

@@ -160,7 +160,7 @@ def test_secret_canaries_reach_no_file(shell, tmp_path, monkeypatch):
         ("/abs", "invalid task name"),
         ("ok --timeout 0", "timeout must be a positive"),
         ("ok --timeout -3", "timeout must be a positive"),
-        ("ok --param time_window={\"start\":\"2026-01-02T00:00Z\",\"end\":\"2026-01-01T00:00Z\"}", "before start"),
+        ("ok --param 'time_window={\"start\":\"2026-01-02T00:00Z\",\"end\":\"2026-01-01T00:00Z\"}'", "before start"),
         ("ok --param bad", "KEY=VALUE"),
         ("ok --input missing.json", "cannot read"),
     ],
@@ -281,3 +281,12 @@ def test_a_note_naming_its_evidence_links_to_those_steps_in_the_reports(shell, t
     inv = load_session(s.dir, s.topic, s.session_id)
     (note,) = [n for n in inv.notes if n.kind == "root_cause"]
     assert [st.task for st in note.steps] == ["first"]
+
+
+def test_quoted_magic_arguments_are_recorded_without_their_quotes(shell, tmp_path):
+    assert run(shell, "x = 1", 'quoted --allow-write "INC-1042: fix the cache" --param note="two words"').success
+    (m,) = manifests(tmp_path / "temp", "quoted")
+    assert m["mode"] == {"access": "write", "reason": "INC-1042: fix the cache"}
+    assert m["input"]["params"]["note"] == "two words"
+    r = shell.run_cell('%%pyx_run bad --allow-write "unbalanced\n1')
+    assert type(r.error_in_exec).__name__ == "UsageError"

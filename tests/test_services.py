@@ -243,3 +243,16 @@ def test_up_down_across_processes(open_root: Path) -> None:
     assert procs_under(open_root) == []
     assert not Path(state["root"]).exists()
     assert down(state_path) == []  # idempotent
+
+
+def test_services_run_cli_takes_options_after_run_and_returns_the_command_exit_code(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "env.txt"
+    code = f"import os; open({str(out)!r}, 'w').write(os.environ.get('REDIS_URL', '') + '|' + os.environ.get('DATABASE_URL', '')); raise SystemExit(4)"
+    r = subprocess.run([sys.executable, "-m", "pyx_magics.cli", "services", "run", "--system", "redis", "--",
+                        sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stderr
+    redis_url, database_url = out.read_text().split("|")
+    assert redis_url.startswith("redis://") and database_url == ""

@@ -93,7 +93,7 @@ _SECRET_KEY_WORDS = frozenset({"password", "passwd", "pwd", "secret", "secrets",
 _KEYISH = frozenset({"api", "access", "private", "secret", "signing", "client", "encryption", "master"})
 
 
-def _is_secret_key(name: str) -> bool:
+def is_secret_key(name: str) -> bool:
     """JSON keys by whole words, so ``key``, ``tokens_used`` or ``cache_key`` stay readable while
     ``password``, ``api_key``, ``accessToken`` or ``DB_PASSWORD`` are masked."""
     words = [w.lower() for w in _KEY_WORDS.findall(name)]
@@ -375,7 +375,7 @@ class Redactor:
             out: dict[Any, Any] = {}
             for key, value in obj.items():
                 new_key = self.text(key) if isinstance(key, str) else key
-                if isinstance(key, str) and _is_secret_key(key) and _maskable(value):
+                if isinstance(key, str) and is_secret_key(key) and _maskable(value):
                     self.counts["key_name"] = self.counts.get("key_name", 0) + 1
                     out[new_key] = MASK
                 else:

@@ -25,7 +25,7 @@ from pyx_magics.core.hashing import sha256_file
 from pyx_magics.core.history import HISTORY, read_lines
 from pyx_magics.core.manifest import MANIFEST_SUFFIX
 from pyx_magics.core.names import inside
-from pyx_magics.core.redact import MASK, Redactor, is_secret_name
+from pyx_magics.core.redact import MASK, Redactor, is_secret_key
 from pyx_magics.core.runid import RUN_ID_RE
 from pyx_magics.journal import NOTE_KINDS, journal_path
 from pyx_magics.journal import read as read_journal
@@ -34,7 +34,6 @@ from pyx_magics.report.md import slug
 MANIFEST_NAME_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]{0,99}\." + RUN_ID_RE.pattern + r")\.manifest\.json")
 RUN_REF_RE = re.compile(r"\brun (" + RUN_ID_RE.pattern + r")")
 PAPERMILL_ERROR_TAG = "papermill-error-cell-tag"
-_SECRET_PARAM_WORDS = ("dsn", "authorization", "passwd", "pwd", "api_key", "cookie")
 
 #: Report sections fed by notes and markdown headings: key -> (title, heading aliases)
 SECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -438,7 +437,8 @@ def _parameters(nb: Any, red: Redactor) -> list[Parameter]:
 
 
 def _secret_param(name: str) -> bool:
-    return is_secret_name(name) or any(w in name.lower() for w in _SECRET_PARAM_WORDS)
+    """Parameter names are judged by whole words, like JSON keys (``cache_key_pattern`` is not a secret)."""
+    return is_secret_key(name)
 
 
 def _assignments(source: str) -> dict[str, Any]:
