@@ -48,6 +48,13 @@ _SERVICE_RE = re.compile(r"\b[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*[-_](?:service|svc|
 _VAR_SEGMENT = re.compile(r"^(?:\d+|[0-9a-f]{8,}|[0-9a-f-]{32,36}|.*\d{4,}.*)$", re.I)
 _HOST_KEYS = ("host", "addr", "address", "broker", "endpoint", "fqdn")
 _NAME_KEYS = ("database", "dbname", "datname", "db_name", "cluster", "node", "instance", "user", "application")
+# words that name the tools themselves, never a project: de-projecting them would break the playbook
+_TOOL_NAMES = frozenset({"pyx", "postgres", "postgresql", "redis", "valkey", "kafka", "tansu", "public", "default",
+                        "master", "replica", "primary", "root", "admin", "localhost", "pyx_cluster", "tansu_cluster"})
+# commands whose first argument is a key (OBJECT/MEMORY subcommands take it second)
+_KEY_FIRST = frozenset("GET MGET SET DEL STRLEN GETRANGE EXISTS TYPE TTL PTTL EXPIRE HGET HMGET HLEN HSCAN HSET "
+                       "LLEN LRANGE LINDEX SCARD SSCAN SISMEMBER ZCARD ZSCORE ZRANGE ZSCAN XLEN XRANGE XREVRANGE "
+                       "XINFO INSPECT DUMP".split())
 
 
 # ---------------------------------------------------------------- identifiers
@@ -174,8 +181,10 @@ def redis_keys(stmt: str) -> list[str]:
         i = [w.upper() for w in words].index("MATCH")
         if i + 1 < len(words):
             out.append(words[i + 1].strip("'\""))
-    elif len(words) > 1:
+    elif len(words) > 1 and words[0].upper() in _KEY_FIRST:
         out += [w.strip("'\"") for w in words[1:] if ":" in w or w == words[1]]
+    elif len(words) > 2 and words[0].upper() in ("OBJECT", "MEMORY"):
+        out.append(words[2].strip("'\""))
     return [k for k in out if k and not k.isdigit()]
 
 
@@ -229,7 +238,7 @@ class Deprojector:
         ph: dict[str, str] = {}
         for label, bucket in (("TABLE", cat.tables), ("TOPIC", cat.topics), ("KEY_PATTERN", cat.key_patterns),
                               ("SERVICE", cat.services), ("HOST", cat.hosts), ("NAME", cat.names)):
-            for i, value in enumerate(sorted(bucket), 1):
+            for i, value in enumerate(sorted(v for v in bucket if v.lower() not in _TOOL_NAMES), 1):
                 if value not in ph.values():
                     ph[f"<{label}_{i}>"] = value
         by_value = {v: k for k, v in ph.items()}
@@ -253,11 +262,16 @@ class Deprojector:
         return cls(dict(data.get("placeholders") or {}), dict(data.get("keys") or {}), list(data.get("prefixes") or []))
 
     def _identifier_re(self) -> re.Pattern[str] | None:
-        terms = sorted({*self.keys, *self.placeholders.values(),
-                        *(p["stem"] for p in self.prefixes if p.get("match") == "token")}, key=len, reverse=True)
-        if not terms:
-            return None
-        return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, terms)) + r")(?![A-Za-z0-9])", re.I)
+        """Whole identifiers (``server`` never matches inside ``inet_server_addr``); detected prefix stems
+        also match as the head of an identifier (``acme`` in ``acme_customers``)."""
+        names = sorted({*self.keys, *self.placeholders.values()}, key=len, reverse=True)
+        stems = sorted({p["stem"] for p in self.prefixes if p.get("match") == "token"}, key=len, reverse=True)
+        alts = []
+        if names:
+            alts.append(r"(?<![A-Za-z0-9_])(?:" + "|".join(map(re.escape, names)) + r")(?![A-Za-z0-9_])")
+        if stems:
+            alts.append(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, stems)) + r")(?![A-Za-z0-9])")
+        return re.compile("|".join(alts), re.I) if alts else None
 
     def apply(self, text: str) -> str:
         lookup = {k.lower(): v for k, v in self.keys.items()}
