@@ -6,6 +6,7 @@ running (``_active``); it never raises into the task.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import io
@@ -13,6 +14,8 @@ import os
 import sys
 import sysconfig
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -139,10 +142,96 @@ def changed_files(before: dict[str, tuple[int, int]], after: dict[str, tuple[int
 # ---------------------------------------------------------------- log tee
 
 
+BATCH_CHARS = 64 * 1024  #: a burst of writes reaches the log in chunks of about this size
+BATCH_DELAY = 0.02  #: ... and is held at most about this long (seconds)
+BURST_WRITES = 16  #: writes within one BATCH_DELAY that go straight through before batching starts
+
+
+class WriteBatch:
+    """Keeps a burst of small writes together; shared by the stdout and stderr tees of one log.
+
+    Sparse writes go straight through. In a burst (more than :data:`BURST_WRITES` writes within
+    :data:`BATCH_DELAY`) writes are queued, in order across both tees, and passed on when
+    :data:`BATCH_CHARS` are queued, on ``flush()``, or by a helper thread within ~2 x BATCH_DELAY:
+    the log stays ~20-40 ms behind at most, and redaction and the write syscall run once per
+    chunk instead of once per ``print`` (200 MB of ``print`` lines: 19 s before, 6 s with it).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._queue: list[tuple[LogTee, str]] = []
+        self._size = 0
+        self._window = 0.0
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        _batches.add(self)
+
+    def _after_fork(self) -> None:
+        # a task that forks while the helper thread holds the lock must not deadlock its child
+        self.lock = threading.RLock()
+        self._thread = None
+
+    def write(self, tee: LogTee, s: str) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self._window > BATCH_DELAY:
+                self._window, self._count = now, 0
+            self._count += 1
+            self._queue.append((tee, s))
+            self._size += len(s)
+            if self._count <= BURST_WRITES or self._size >= BATCH_CHARS:
+                self.drain()
+            elif self._thread is None:
+                # the copied context keeps e.g. ipykernel's parent header: output lands in the right cell
+                self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                                name="pyx-log-batch", daemon=True)
+                self._thread.start()
+
+    def drain(self) -> None:
+        """Pass everything queued to the tees' redacting streams, in order."""
+        with self.lock:
+            queue, self._queue, self._size = self._queue, [], 0
+            i = 0
+            while i < len(queue):
+                tee, j = queue[i][0], i + 1
+                while j < len(queue) and queue[j][0] is tee:
+                    j += 1
+                tee._pass("".join(s for _, s in queue[i:j]))
+                i = j
+
+    def _run(self) -> None:
+        idle = 0
+        while True:
+            time.sleep(BATCH_DELAY)
+            with self.lock:
+                if not self._queue:
+                    idle += 1
+                    if idle * BATCH_DELAY >= 0.5:  # quiet for half a second: stop (a burst restarts it)
+                        self._thread = None
+                        return
+                    continue
+                idle = 0
+                try:
+                    self.drain()
+                except Exception:  # e.g. a write after the log was closed: never an error in a thread
+                    pass
+
+
+_batches: weakref.WeakSet[WriteBatch] = weakref.WeakSet()
+
+
+def _reset_batches_after_fork() -> None:
+    for batch in list(_batches):
+        batch._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_batches_after_fork)
+
+
 class LogTee(io.TextIOBase):
     """A text stream that redacts, writes everything to the log file and forwards a bounded
     amount to the live output; past ``live_limit`` characters the live output gets one pointer
-    to the log instead."""
+    to the log instead. Tees sharing a :class:`WriteBatch` keep their relative order."""
 
     def __init__(
         self,
@@ -153,6 +242,7 @@ class LogTee(io.TextIOBase):
         live_limit: int,
         log_hint: str,
         shared: Callable[[str], None] | None = None,
+        batch: WriteBatch | None = None,
     ) -> None:
         self._live = live
         self._log = log
@@ -162,6 +252,7 @@ class LogTee(io.TextIOBase):
         self.truncated_live = False
         self._sink = shared or self._emit
         self._stream = redactor.stream(self._sink) if shared is None else None
+        self._batch = batch or WriteBatch()
 
     def _emit(self, text: str) -> None:
         self._log.write(text.encode("utf-8", "surrogateescape"))
@@ -191,15 +282,21 @@ class LogTee(io.TextIOBase):
     def write(self, s: str) -> int:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if s:
+            self._batch.write(self, s)
+        return len(s)
+
+    def _pass(self, s: str) -> None:
         if self._stream is not None:
             self._stream.write(s)
         else:
             self._sink(s)
-        return len(s)
 
     def flush(self) -> None:
-        if self._stream is not None:
-            self._stream.flush()
+        with self._batch.lock:
+            self._batch.drain()
+            if self._stream is not None:
+                self._stream.flush()
 
     @property
     def encoding(self) -> str:  # type: ignore[override]

@@ -9,6 +9,7 @@ from typing import Any
 
 from pyx_magics.core.errors import UsageProblem
 from pyx_magics.core.hashing import atomic_write
+from pyx_magics.core.names import check_output_name
 
 
 def _json_default(obj: Any) -> Any:
@@ -68,23 +69,31 @@ class TaskContext:
 
     def save(self, name: str, obj: Any) -> Path:
         """Write ``obj`` (DataFrame → CSV, dict/list → JSON, str → text, bytes as is), redacted, and declare it."""
+        check_output_name(name)  # before any work: a bad name writes nothing
         red = self._run.redactor
-        if hasattr(obj, "to_csv") and hasattr(obj, "columns"):
-            name = name if "." in name else name + ".csv"
-            data = red.text(obj.to_csv(index=False)).encode("utf-8")
-        elif isinstance(obj, (dict, list, tuple)):
-            name = name if "." in name else name + ".json"
-            data = to_json_bytes(red.json(obj))
-        elif isinstance(obj, str):
-            name = name if "." in name else name + ".txt"
-            data = red.text(obj).encode("utf-8")
-        elif isinstance(obj, (bytes, bytearray)):
-            data = red.bytes(bytes(obj))
-        else:
-            raise UsageProblem(
-                f"pyx.save cannot write a {type(obj).__name__}",
-                hint="pass a DataFrame, dict, list, str or bytes",
-            )
+        try:
+            if hasattr(obj, "to_csv") and hasattr(obj, "columns"):
+                name = name if "." in name else name + ".csv"
+                data = red.text(obj.to_csv(index=False)).encode("utf-8")
+            elif isinstance(obj, (dict, list, tuple)):
+                name = name if "." in name else name + ".json"
+                data = to_json_bytes(red.json(obj))
+            elif isinstance(obj, str):
+                name = name if "." in name else name + ".txt"
+                data = red.text(obj).encode("utf-8")
+            elif isinstance(obj, (bytes, bytearray)):
+                data = red.bytes(bytes(obj))
+            else:
+                raise UsageProblem(
+                    f"pyx.save cannot write a {type(obj).__name__}",
+                    hint="pass a DataFrame, dict, list, str or bytes",
+                )
+        except RecursionError:
+            raise UsageProblem(f"pyx.save({name!r}): the object is nested too deeply to save",
+                               hint="flatten it, or save its parts") from None
+        except UnicodeEncodeError as exc:
+            raise UsageProblem(f"pyx.save({name!r}): the text is not valid Unicode (a lone surrogate at "
+                               f"position {exc.start})", hint="save it as bytes") from None
         path = self.out(name)
         atomic_write(path, data)
         return path

@@ -8,6 +8,7 @@ the table of contents of a run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import io
 import json
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from pyx_magics import __version__
-from pyx_magics.capture import LogTee, changed_files, scan_dir, start_audit, stop_audit
-from pyx_magics.core import history, manifest
-from pyx_magics.core.errors import UsageProblem, WrongEnvironment
+from pyx_magics.capture import LogTee, WriteBatch, changed_files, scan_dir, start_audit, stop_audit
+from pyx_magics.core import history, manifest, spares
+from pyx_magics.core.errors import InputError, UsageProblem, WrongEnvironment
 from pyx_magics.core.hashing import atomic_write, pretty_json, sha256_bytes, sha256_file, write_if_changed
 from pyx_magics.core.inputs import validate_input
 from pyx_magics.core.keys import logic_key, output_digest
@@ -61,21 +62,26 @@ class Session:
     def start(cls, directory: str | os.PathLike[str] | None = None, topic: str | None = None,
               env_label: str | None = None, *, resume: bool = True) -> Session:
         """Start an investigation, or resume the latest session of ``topic`` in ``directory``."""
-        root = ensure_dir(directory)
         topic = check_name(topic or os.environ.get("PYX_TOPIC") or "investigation", "topic")
         label = check_name(env_label or os.environ.get("PYX_ENV") or "local", "environment label")
+        root = ensure_dir(directory)
+        manifest.recover_interrupted(root)  # runs killed earlier (SIGKILL, crash) become `interrupted`
+        spares.sweep(root)
         state = root / f".session.{topic}.json"
-        if resume and state.exists():
+        pinned = os.environ.get("PYX_SESSION_ID", "")  # `pyx rerun` pins its kernel to a new session
+        pinned = pinned if RUN_ID_RE.fullmatch(pinned) else ""
+        if (resume or pinned) and state.exists():
             try:
                 data = json.loads(state.read_text("utf-8"))
-                if RUN_ID_RE.fullmatch(str(data.get("session_id", ""))):
+                sid = str(data.get("session_id", ""))
+                if RUN_ID_RE.fullmatch(sid) and sid == (pinned or sid):
                     s = cls(root, topic, data["session_id"], label if env_label else data.get("env_label", label),
                             int(data.get("sequence", 0)), data.get("prev_manifest_sha256"))
                     s.save_state()
                     return s
             except (OSError, ValueError):
                 pass
-        s = cls(root, topic, new_run_id(), label)
+        s = cls(root, topic, pinned or new_run_id(), label)
         s.save_state()
         return s
 
@@ -86,7 +92,14 @@ class Session:
             "session_id": self.session_id, "topic": self.topic, "env_label": self.env_label,
             "sequence": self.sequence, "prev_manifest_sha256": self.prev_manifest_sha256,
         })
-        fd = os.open(self.dir / f".session.{self.topic}.json", os.O_WRONLY | os.O_CREAT, 0o644)
+        name = f".session.{self.topic}.json"
+        try:
+            fd = os.open(self.dir / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise UsageProblem(f"{name} in {os.fspath(self.dir)!r} is a symbolic link; pyx never writes through one",
+                               hint="remove the link") from None
         try:
             os.write(fd, data)
             os.ftruncate(fd, len(data))
@@ -120,11 +133,35 @@ class TaskRequest:
 
     def __post_init__(self) -> None:
         check_name(self.task, "task name")
+        check_input_size(self.params)
         validate_input(self.params)
         if self.timeout is not None and not (self.timeout > 0):
             raise UsageProblem(f"timeout must be a positive number of seconds, got {self.timeout}")
         if self.allow_write is not None and not self.allow_write.strip():
             raise UsageProblem("--allow-write needs a reason, e.g. --allow-write 'fix order 1042 status'")
+
+
+MAX_INPUT_BYTES = 1 << 20
+
+
+def check_input_size(params: Any) -> None:
+    """Inputs are parameters, stored in the input file and the manifest: JSON, at most 1 MiB.
+
+    Checked before the (slower) validation walk. NaN and Infinity are refused: they are not JSON,
+    and the input file could not say what the task saw.
+    """
+    try:
+        size = len(json.dumps(params, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode())
+    except ValueError:
+        raise InputError("input: NaN and Infinity are not JSON numbers",
+                         hint="pass null, a string such as \"NaN\", or a finite number") from None
+    except (TypeError, RecursionError) as exc:
+        raise InputError(f"input: not JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
+    if size > MAX_INPUT_BYTES:
+        raise InputError(
+            f"input: {size / 1e6:.1f} MB of JSON, more than the {MAX_INPUT_BYTES >> 20} MiB an input may hold",
+            hint="inputs hold parameters (time window, ids, notes); put data in a file the task reads, "
+                 "where it is hashed as an input")
 
 
 @dataclass
@@ -233,6 +270,7 @@ def open_run(session: Session, request: TaskRequest) -> Run:
     write_if_changed(run.input_path, pretty_json(params))
     run.record = base_manifest(run, source, params)
     manifest.write(run.manifest_path, manifest.seal(run.record, session.prev_manifest_sha256))
+    manifest.note_started(run.dir, run.manifest_path.name)
     return run
 
 
@@ -287,11 +325,15 @@ def capture(run: Run, live_out: Any, live_err: Any) -> Iterator[tuple[LogTee, Lo
     skip = foreign_evidence(run.run_id)
     before = scan_dir(run.dir, skip)
     own = [run.code_path, run.input_path, run.manifest_path, run.log_path]
+    spare = spares.take(run.dir)
+    if spare is not None:
+        os.replace(spare, run.log_path)
     with open(run.log_path, "ab", buffering=0) as raw:
         log = io.BufferedWriter(raw)
         hint = str(relpath(run.dir.parent, run.log_path)) if run.dir.parent else run.log_path.name
-        out = LogTee(log, live_out, run.redactor, live_limit=LIVE_LIMIT, log_hint=hint)
-        err = LogTee(log, live_err, run.redactor, live_limit=LIVE_LIMIT, log_hint=hint)
+        batch = WriteBatch()  # one for both: stdout and stderr keep their order in the log
+        out = LogTee(log, live_out, run.redactor, live_limit=LIVE_LIMIT, log_hint=hint, batch=batch)
+        err = LogTee(log, live_err, run.redactor, live_limit=LIVE_LIMIT, log_hint=hint, batch=batch)
         audit = start_audit(map(str, own))
         try:
             yield out, err
@@ -346,6 +388,7 @@ def finalize(run: Run, outcome: Outcome) -> dict[str, Any]:
     m["compare"]["output_digest"] = output_digest(m["files"]["outputs"])
     manifest.seal(m, run.session.prev_manifest_sha256)
     manifest.write(run.manifest_path, m)
+    manifest.note_finished(run.dir, run.manifest_path.name)
     run.session.prev_manifest_sha256 = m["integrity"]["manifest_sha256"]
     run.session.save_state()
     run.session.cell_run_ids.append(run.run_id)

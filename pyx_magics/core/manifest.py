@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import functools
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pyx_magics.core.errors import EvidenceError
+from pyx_magics.core.errors import EvidenceError, UsageProblem
 from pyx_magics.core.hashing import atomic_write, pretty_json, sha256_bytes, sha256_file, sha256_json
 from pyx_magics.core.names import inside
 
@@ -21,6 +23,8 @@ SCHEMA = "pyx.manifest/1"
 STATUSES = ("running", "succeeded", "failed", "interrupted", "timed_out", "refused")
 FINAL_STATUSES = STATUSES[1:]
 MANIFEST_SUFFIX = ".manifest.json"
+RUNNING = ".running"  #: per directory: ``+name`` when a run starts, ``-name`` when its manifest is final
+_LISTED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.manifest\.json")
 
 
 def utc_now() -> datetime:
@@ -82,7 +86,7 @@ def integrity_ok(manifest: dict[str, Any]) -> bool:
 
 def write(path: Path, manifest: dict[str, Any]) -> None:
     """Write a manifest atomically (temp file + rename)."""
-    atomic_write(path, pretty_json(manifest))
+    atomic_write(path, pretty_json(manifest), use_spare=True)
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -143,14 +147,18 @@ def is_stale_running(manifest: dict[str, Any]) -> bool:
     """A ``running`` manifest whose process (on this host) is gone: it was interrupted."""
     if manifest.get("status") != "running":
         return False
-    proc = manifest.get("process") or {}
-    if proc.get("hostname") != os.uname().nodename or not isinstance(proc.get("pid"), int):
+    proc = manifest.get("process")
+    if not isinstance(proc, dict) or proc.get("hostname") != os.uname().nodename or not isinstance(proc.get("pid"), int):
         return False
     return not _pid_alive(proc["pid"])
 
 
 def verify_manifest(path: Path, report: VerifyReport) -> None:
-    """Re-hash every artifact of one manifest, adding problems to ``report``."""
+    """Re-hash every artifact of one manifest, adding problems to ``report``.
+
+    A ``running`` manifest whose process is gone (killed, crashed) is marked ``interrupted``
+    first (a non-fatal note), unless its content fails the integrity check.
+    """
     report.checked += 1
     name = path.name
     try:
@@ -158,10 +166,22 @@ def verify_manifest(path: Path, report: VerifyReport) -> None:
     except EvidenceError as exc:
         report.problems.append(Problem(name, str(exc)))
         return
+    if m["status"] == "running" and is_stale_running(m):
+        try:
+            if mark_interrupted(path):
+                m = read(path)
+                report.problems.append(Problem(name, "interrupted: process gone (marked interrupted now; the "
+                                                     "log holds what was printed before)", fatal=False))
+        except (OSError, EvidenceError):  # e.g. a read-only copy of the evidence: report it as found
+            pass
     if not integrity_ok(m):
         report.problems.append(Problem(name, "manifest content does not match its integrity hash (edited?)"))
+    if name.endswith(MANIFEST_SUFFIX) and name != manifest_name(m["task"], m["run_id"]):
+        report.problems.append(Problem(name, f"file name does not match its task and run id "
+                                             f"({manifest_name(m['task'], m['run_id'])}): renamed or swapped?"))
     root = path.parent
-    if sha256_bytes(m["code"]["source"].encode("utf-8")) != m["code"]["sha256"]:
+    source = m["code"]["source"].encode("utf-8", "surrogatepass")
+    if sha256_bytes(source) != m["code"]["sha256"]:
         report.problems.append(Problem(name, "recorded code does not match its sha256"))
     if m["status"] == "running":
         why = "its process is gone" if is_stale_running(m) else "it may still be running"
@@ -175,13 +195,16 @@ def verify_manifest(path: Path, report: VerifyReport) -> None:
         rel = entry["path"]
         try:
             target = inside(root, rel)
-        except Exception:
+            if not target.is_file():
+                report.problems.append(Problem(name, f"{kind} {rel}: missing"))
+                continue
+            digest, size = sha256_file(target)
+        except UsageProblem:
             report.problems.append(Problem(name, f"{kind} {rel}: path leaves the investigation directory"))
             continue
-        if not target.is_file():
-            report.problems.append(Problem(name, f"{kind} {rel}: missing"))
+        except (OSError, ValueError) as exc:  # unreadable, or a path the OS cannot represent
+            report.problems.append(Problem(name, f"{kind} {rel}: cannot be read ({type(exc).__name__})"))
             continue
-        digest, size = sha256_file(target)
         if digest != entry["sha256"] or size != entry["bytes"]:
             report.problems.append(Problem(name, f"{kind} {rel}: changed (sha256 or size differs)"))
 
@@ -204,14 +227,104 @@ def verify(paths: Iterable[str | os.PathLike[str]]) -> VerifyReport:
     return report
 
 
-def mark_interrupted(path: Path, reason: str) -> bool:
-    """Turn a stale ``running`` manifest into ``interrupted`` (re-sealed); True if it changed."""
+def mark_interrupted(path: Path, reason: str | None = None) -> bool:
+    """Turn a stale ``running`` manifest into ``interrupted`` (log hashed as it is, re-sealed).
+
+    True if it changed. A manifest that fails its integrity check is left alone: re-sealing it
+    would launder an edit.
+    """
     m = read(path)
-    if not is_stale_running(m):
+    if not is_stale_running(m) or not integrity_ok(m):
         return False
+    proc = m["process"]
     m["status"] = "interrupted"
-    m["error"] = {"type": "Interrupted", "message": reason, "traceback": None}
+    m["error"] = {"type": "Interrupted", "traceback": None, "message": reason or (
+        f"process gone: pid {proc['pid']} on {proc['hostname']} ended while the task was running "
+        "(killed or crashed); the log holds what was printed before")}
     m["timing"]["ended_at"] = rfc3339(utc_now())
+    log = m["log"]
+    try:
+        log["sha256"], log["bytes"] = sha256_file(inside(path.parent, log["path"]))
+    except (OSError, ValueError):  # no log yet, or a path outside the directory
+        pass
     seal(m, m["integrity"].get("prev_manifest_sha256"))
     write(path, m)
     return True
+
+
+# ---------------------------------------------------------------- the list of open runs
+#
+# A run killed with SIGKILL never writes its final manifest nor its history line, and a
+# directory may hold thousands of manifests: reading them all at every session start is too
+# slow. So each run appends ``+<manifest name>`` to ``.running`` right after its first manifest
+# write and ``-<manifest name>`` after its last; a session start reads only the names still
+# open (the file is compacted each time), marks those whose process is gone and keeps the
+# live ones. A run killed between the two writes of a pair is still found by ``pyx verify``.
+
+
+def _append_locked(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, data)  # one short O_APPEND write: whole, at the end
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def note_started(root: Path, name: str) -> None:
+    """Record that the run of manifest ``name`` (a file in ``root``) started."""
+    _append_locked(root / RUNNING, f"+{name}\n".encode())
+
+
+def note_finished(root: Path, name: str) -> None:
+    """Record that the manifest ``name`` is final."""
+    _append_locked(root / RUNNING, f"-{name}\n".encode())
+
+
+def recover_interrupted(root: Path) -> list[str]:
+    """Mark ``interrupted`` the open runs of ``root`` whose process is gone; names marked.
+
+    Cost is proportional to the runs still open, not to the manifests in the directory.
+    Never raises for a damaged list or manifest: ``pyx verify`` reports those.
+    """
+    try:
+        fd = os.open(root / RUNNING, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:  # no list yet (or not a regular file): nothing to recover
+        return []
+    marked: list[str] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        data = b""
+        while chunk := os.read(fd, 1 << 20):
+            data += chunk
+        open_runs: dict[str, None] = {}
+        for line in data.decode("utf-8", "replace").splitlines():
+            sign, name = line[:1], line[1:]
+            if not _LISTED_NAME.fullmatch(name) or ".." in name:
+                continue
+            if sign == "+":
+                open_runs[name] = None
+            elif sign == "-":
+                open_runs.pop(name, None)
+        keep = []
+        for name in open_runs:
+            try:  # a plain parse: the schema check (and its ~2 s jsonschema import) only for stale runs
+                with open(root / name, "rb") as f:
+                    m = json.loads(f.read(64 << 20))
+                if not isinstance(m, dict) or m.get("status") != "running":
+                    continue  # final (its process died after the last write), marked by verify, or damaged
+                if is_stale_running(m):
+                    if mark_interrupted(root / name):
+                        marked.append(name)
+                    continue  # marked, or tampered: verify reports it
+            except (EvidenceError, OSError, ValueError, RecursionError):
+                continue  # deleted or damaged: verify's job
+            keep.append(name)
+        compacted = "".join(f"+{n}\n" for n in keep).encode()
+        if compacted != data:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, compacted)
+            os.ftruncate(fd, len(compacted))
+    finally:
+        os.close(fd)
+    return marked

@@ -29,7 +29,11 @@ def check_output_name(value: str) -> str:
             f"invalid output name {value!r}", hint="give a relative name inside the investigation directory"
         )
     for part in value.split("/"):
-        check_name(part, "output name")
+        if not NAME_RE.fullmatch(part) or ".." in part:
+            raise UsageProblem(
+                f"invalid output name {value!r}: part {part!r} is not allowed",
+                hint="use parts of 1-100 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit, no '..'",
+            )
     return value
 
 
