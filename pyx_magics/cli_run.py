@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pyx_magics.core.errors import UsageProblem
-from pyx_magics.core.inputs import parse_input_text
+from pyx_magics.core.inputs import read_input_file
 from pyx_magics.core.names import check_name
 from pyx_magics.display import TaskSummary
 from pyx_magics.execute import as_child
@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageProblem("pyx run needs --file SCRIPT (or --replay MANIFEST)")
     script = Path(args.file)
     source = read_text(args.file, "script")
-    params = parse_input_text(read_text(args.input_path, "input"), args.input_path) if args.input_path else {}
+    params = read_input_file(args.input_path) if args.input_path else {}
     task = check_name(args.task or script.stem.replace(" ", "_"), "task name")
     request = TaskRequest(task, source, params, args.timeout, args.allow_write)
     session = Session.start(args.dir, args.topic, args.env)

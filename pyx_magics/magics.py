@@ -17,8 +17,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from pyx_magics.core.errors import PyxError, UsageProblem
+from pyx_magics.core.inputs import read_input_file, validate_input
 from pyx_magics.core.names import check_name
-from pyx_magics.core.inputs import parse_input_text, validate_input
 from pyx_magics.display import TaskSummary
 from pyx_magics.execute import in_process
 from pyx_magics.journal import NOTE_KINDS
@@ -121,12 +121,7 @@ class PyxMagics(Magics):
         try:
             params: dict[str, Any] = {}
             if args.input:
-                path = Path(args.input)
-                try:
-                    text = path.read_text("utf-8")
-                except (OSError, UnicodeDecodeError) as exc:
-                    raise UsageError(f"--input {args.input}: cannot read ({exc.__class__.__name__})") from None
-                params = parse_input_text(text, args.input)
+                params = read_input_file(args.input)
             params = validate_input(merge(params, parse_params(args.param)))
             source = self.shell.transform_cell(cell) if self.shell else cell
             request = TaskRequest(args.task, source, params, args.timeout, args.allow_write,

@@ -26,9 +26,9 @@ from typing import Any
 from pyx_magics import __version__
 from pyx_magics.capture import LogTee, WriteBatch, changed_files, scan_dir, start_audit, stop_audit
 from pyx_magics.core import history, manifest, spares
-from pyx_magics.core.errors import InputError, UsageProblem, WrongEnvironment
+from pyx_magics.core.errors import UsageProblem, WrongEnvironment
 from pyx_magics.core.hashing import atomic_write, pretty_json, sha256_bytes, sha256_file, write_if_changed
-from pyx_magics.core.inputs import validate_input
+from pyx_magics.core.inputs import check_input_size, validate_input
 from pyx_magics.core.keys import logic_key, output_digest
 from pyx_magics.core.names import check_name, check_output_name, inside, relpath
 from pyx_magics.core.redact import POLICY, Redactor
@@ -139,29 +139,6 @@ class TaskRequest:
             raise UsageProblem(f"timeout must be a positive number of seconds, got {self.timeout}")
         if self.allow_write is not None and not self.allow_write.strip():
             raise UsageProblem("--allow-write needs a reason, e.g. --allow-write 'fix order 1042 status'")
-
-
-MAX_INPUT_BYTES = 1 << 20
-
-
-def check_input_size(params: Any) -> None:
-    """Inputs are parameters, stored in the input file and the manifest: JSON, at most 1 MiB.
-
-    Checked before the (slower) validation walk. NaN and Infinity are refused: they are not JSON,
-    and the input file could not say what the task saw.
-    """
-    try:
-        size = len(json.dumps(params, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode())
-    except ValueError:
-        raise InputError("input: NaN and Infinity are not JSON numbers",
-                         hint="pass null, a string such as \"NaN\", or a finite number") from None
-    except (TypeError, RecursionError) as exc:
-        raise InputError(f"input: not JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
-    if size > MAX_INPUT_BYTES:
-        raise InputError(
-            f"input: {size / 1e6:.1f} MB of JSON, more than the {MAX_INPUT_BYTES >> 20} MiB an input may hold",
-            hint="inputs hold parameters (time window, ids, notes); put data in a file the task reads, "
-                 "where it is hashed as an input")
 
 
 @dataclass

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -220,6 +220,24 @@ def _terminate(proc: subprocess.Popen[bytes], sig: int, timeout: float = _STOP_T
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _since(path: Path, offset: int) -> str:
+    """What was appended to ``path`` after ``offset``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class _Launcher:
+    argv: Callable[[int], list[str]]
+    ready: Callable[[int], bool]
+    cwd: Path
+    user: tuple[int, int] | None
 
 
 # --------------------------------------------------------------------------- protocol probes
@@ -409,6 +427,7 @@ class LocalServices:
         self.root: Path | None = None
         self.dirs: list[Path] = []  # what stop() removes: root, plus a PostgreSQL dir if root is private
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._launchers: dict[str, _Launcher] = {}  # how to start each server again (restart_service)
         self._lock = threading.Lock()
 
     # -- lifecycle
@@ -450,6 +469,44 @@ class LocalServices:
         self.dirs = []
         self.root = None
         self.services = {}
+        self._launchers = {}
+
+    def stop_service(self, name: str, *, kill: bool = False) -> None:
+        """Stop one server (SIGKILL with ``kill``, else its usual stop signal), keeping its port,
+        password and data so :meth:`restart_service` can bring it back. Idempotent."""
+        self._known(name)
+        with self._lock:
+            proc = self._procs.get(name)
+        if proc is None:
+            return
+        if kill:  # the whole process group, as in a crash (PostgreSQL backends too)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        _terminate(proc, signal.SIGKILL if kill else _STOP_SIGNALS.get(name, signal.SIGTERM))
+        with self._lock:  # only now: a concurrent restart_service waits in _terminate above
+            if self._procs.get(name) is proc:
+                del self._procs[name]
+
+    def restart_service(self, name: str) -> Service:
+        """Start a stopped server again on the same port with the same password and data dir, so
+        :meth:`env` stays valid (Kafka/Tansu keeps topics in memory only: they are gone). Stops it first
+        if it still runs; returns when it answers by protocol."""
+        old = self._known(name)
+        self.stop_service(name)
+        launcher = self._launchers[name]
+        proc, _port, _log = self._launch(name, launcher.argv, launcher.ready, cwd=launcher.cwd, user=launcher.user,
+                                         port=old.port)
+        if name == "postgres":
+            _pg_check_login(old.url)
+        new = replace(old, pid=proc.pid)
+        self.services[name] = new
+        return new
+
+    def _known(self, name: str) -> Service:
+        svc = self.services.get(name)
+        if svc is None or name not in self._launchers:
+            raise UsageProblem(f"{name!r} was not started by this LocalServices; started: {sorted(self.services)}")
+        return svc
 
     def __enter__(self) -> LocalServices:
         return self.start()
@@ -492,24 +549,28 @@ class LocalServices:
         *,
         cwd: Path,
         user: tuple[int, int] | None = None,
+        port: int | None = None,
     ) -> tuple[subprocess.Popen[bytes], int, Path]:
-        """Spawn ``argv(port)`` on a free port until it is ``ready(port)``; retry if the port is taken."""
+        """Spawn ``argv(port)`` until it is ``ready(port)``: on a free port (another one if it was
+        taken), or on ``port`` (tried again shortly if it is still in use)."""
         assert self.root is not None
         log = self.root / f"{name}.log"
         env = {**os.environ, "NO_COLOR": "1", "LC_ALL": "C"}
+        self._launchers[name] = _Launcher(argv, ready, cwd, user)
         for attempt in range(_PORT_ATTEMPTS):
-            port = _free_port()
+            mark = log.stat().st_size if log.exists() else 0
+            try_port = _free_port() if port is None else port
             with log.open("ab") as out:
                 proc = subprocess.Popen(
-                    argv(port), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    argv(try_port), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, cwd=cwd, env=env, **_user_kwargs(user),
                 )  # fmt: skip
             with self._lock:
                 self._procs[name] = proc
             deadline = time.monotonic() + _READY_TIMEOUT
             while proc.poll() is None:
-                if ready(port):
-                    return proc, port, log
+                if ready(try_port):
+                    return proc, try_port, log
                 if time.monotonic() > deadline:
                     raise ServiceError(
                         f"{name} was not ready after {_READY_TIMEOUT:.0f} s; log {log}:\n{_tail(log)}"
@@ -518,8 +579,9 @@ class LocalServices:
             with self._lock:
                 self._procs.pop(name, None)
             tail = _tail(log)
-            if _ADDR_IN_USE.search(tail) and attempt + 1 < _PORT_ATTEMPTS:
-                log.write_bytes(b"")
+            if _ADDR_IN_USE.search(_since(log, mark)) and attempt + 1 < _PORT_ATTEMPTS:
+                if port is not None:
+                    time.sleep(0.5)
                 continue
             raise ServiceError(
                 f"{name} exited with code {proc.returncode} before it was ready; log {log}:\n{tail}"

@@ -181,3 +181,19 @@ def test_ensure_temp_creates_the_directory(tmp_path):
 def test_every_command_has_help(tmp_path, command):
     r = pyx(*command, "--help", cwd=tmp_path)
     assert r.returncode == 0 and "usage: pyx" in r.stdout
+
+
+def test_verify_catches_a_deleted_run_in_the_middle_of_a_session_chain(tmp_path):
+    from pyx_magics.execute import in_process
+    from pyx_magics.runner import Session, TaskRequest, run_task
+
+    session = Session.start(tmp_path / "temp", "chain", "local", resume=False)
+    paths = []
+    for i in range(3):
+        run, _ = run_task(session, TaskRequest(f"step{i}", "x = 1"), in_process("x = 1", {}))
+        paths.append(run.manifest_path)
+    assert manifest.verify([tmp_path / "temp"]).ok
+    paths[1].unlink()
+    report = manifest.verify([tmp_path / "temp"])
+    assert not report.ok
+    assert [p.manifest for p in report.problems if "chain broken" in p.message] == [paths[2].name]

@@ -153,7 +153,7 @@ def test_logic_key_ignores_notes_and_output_digest_ignores_run_ids():
 def test_shipped_schema_is_valid_json_schema():
     import jsonschema
 
-    jsonschema.Draft202012Validator.check_schema(manifest.json_schema())
+    jsonschema.Draft7Validator.check_schema(manifest.json_schema())
 
 
 def test_reader_fails_cleanly_on_garbage(tmp_path):

@@ -56,7 +56,7 @@ def test_pyx_diff_writes_evidence_files_declared_in_the_manifest(tmp_path):
     rid = m["run_id"]
     fields = json.loads((tmp_path / "temp" / f"diff.order_1042.{rid}.json").read_text())
     assert fields["left"] == "db" and fields["counts"]["changed"] == 2 and not fields["equal"]
-    table = list(csv.DictReader(open(tmp_path / "temp" / f"expected_vs_actual.orders.{rid}.csv")))
+    table = list(csv.DictReader((tmp_path / "temp" / f"expected_vs_actual.orders.{rid}.csv").read_text().splitlines()))
     assert [r["status"] for r in table] == ["match", "changed"]
     assert outs[f"diff.orders.{rid}.json"]["role"] == "diff"
     assert outs[f"expected_vs_actual.orders.{rid}.csv"]["rows"] == 2

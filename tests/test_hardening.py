@@ -27,7 +27,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from pyx_magics import cli
 from pyx_magics.core import manifest
 from pyx_magics.core.errors import InputError, UsageProblem
-from pyx_magics.runner import MAX_INPUT_BYTES, Session, TaskRequest
+from pyx_magics.core.inputs import MAX_INPUT_BYTES
+from pyx_magics.runner import Session, TaskRequest
 
 PYTHON = sys.executable
 
@@ -525,9 +526,9 @@ def test_a_50_mb_input_is_refused_at_once_with_a_size_message(shell, tmp_path, c
     message = usage_error(run_cell(shell, "t --input big.json", "print('must not run')"))
     code, text = pyx_cli("run", "--file", "s.py", "--input-path", "big.json", capsys=capsys)
     took = time.perf_counter() - t
-    assert "input: 50.2 MB of JSON, more than the 1 MiB an input may hold" in message
+    assert "big.json: 50.2 MB, more than the 1 MiB an input may hold" in message
     assert "put data in a file the task reads" in message
-    assert code == 2 and "50.2 MB of JSON" in text
+    assert code == 2 and "50.2 MB, more than the 1 MiB" in text
     assert took < 10, took
     assert not (tmp_path / "temp").exists()
     TaskRequest("just_under", "1", {"notes": "x" * (MAX_INPUT_BYTES - 20)})  # the limit is the documented one

@@ -162,7 +162,7 @@ def test_secret_canaries_reach_no_file(shell, tmp_path, monkeypatch):
         ("ok --timeout -3", "timeout must be a positive"),
         ("ok --param 'time_window={\"start\":\"2026-01-02T00:00Z\",\"end\":\"2026-01-01T00:00Z\"}'", "before start"),
         ("ok --param bad", "KEY=VALUE"),
-        ("ok --input missing.json", "cannot read"),
+        ("ok --input missing.json", "not found"),
     ],
 )
 def test_user_mistakes_are_one_line_usage_errors_and_write_nothing(shell, tmp_path, capsys, line, message):
@@ -260,7 +260,7 @@ def test_notes_take_owner_due_for_actions_and_evidence_for_any_kind():
     from pyx_magics.core.errors import UsageProblem
     from pyx_magics.magics import build_note
 
-    note = build_note("action", "Alert on lag owner=alice due=2026-12-11 evidence=consumer_lag,events".split())
+    note = build_note("action", ["Alert", "on", "lag", "owner=alice", "due=2026-12-11", "evidence=consumer_lag,events"])
     assert (note["owner"], note["due"], note["evidence"]) == ("alice", "2026-12-11", ["consumer_lag", "events"])
     assert note["text"] == "Alert on lag"
     assert build_note("root_cause", ["stalled", "evidence=lag"])["evidence"] == ["lag"]

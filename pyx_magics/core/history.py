@@ -21,7 +21,7 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
     when a write is split (large lines, network filesystems).
     """
     line = canonical_json(record) + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:

@@ -7,6 +7,7 @@ every other key is a task parameter. Errors name the key and the problem.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,6 +15,50 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pyx_magics.core.errors import InputError
 
 MAX_DEPTH = 64
+MAX_INPUT_BYTES = 1 << 20
+
+
+def check_input_size(params: Any) -> None:
+    """Inputs are parameters, stored in the input file and the manifest: JSON, at most 1 MiB.
+
+    Checked before the (slower) validation walk. NaN and Infinity are refused: they are not JSON,
+    and the input file could not say what the task saw.
+    """
+    try:
+        size = len(json.dumps(params, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode())
+    except ValueError:
+        raise InputError("input: NaN and Infinity are not JSON numbers",
+                         hint="pass null, a string such as \"NaN\", or a finite number") from None
+    except (TypeError, RecursionError) as exc:
+        raise InputError(f"input: not JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
+    if size > MAX_INPUT_BYTES:
+        raise InputError(
+            f"input: {size / 1e6:.1f} MB of JSON, more than the {MAX_INPUT_BYTES >> 20} MiB an input may hold",
+            hint="inputs hold parameters (time window, ids, notes); put data in a file the task reads, "
+                 "where it is hashed as an input")
+
+
+def read_input_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read, size-check (before reading), decode and validate an input JSON file."""
+    where = os.fspath(path)
+    try:
+        size = os.path.getsize(where)
+        if size > MAX_INPUT_BYTES:
+            raise InputError(f"{where}: {size / 1e6:.1f} MB, more than the {MAX_INPUT_BYTES >> 20} MiB an input "
+                             "may hold", hint="put data in a file the task reads, where it is hashed as an input")
+        with open(where, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise InputError(f"input {where!r} not found") from None
+    except IsADirectoryError:
+        raise InputError(f"input {where!r} is a directory") from None
+    except OSError as exc:
+        raise InputError(f"input {where!r} cannot be read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"input {where!r} is not valid UTF-8 (byte {exc.start})") from None
+    return parse_input_text(text, where)
 
 
 def parse_input_text(text: str, source: str = "input") -> dict[str, Any]:

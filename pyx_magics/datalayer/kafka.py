@@ -49,6 +49,7 @@ TABLE_COLUMNS = ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSE
                  "CLIENT-ID")
 PROGRESS_MIN = 20_000  #: scans expected to read fewer messages show no progress bar
 _POLL_MS = 200
+LOST_CHECK_S = 1.0  #: a call waiting (or a scan idle) this long checks that a configured broker still accepts TCP
 _SEVERITY = {"OK": 0, "WARN": 1, "STOP": 2, "STALL": 3, "REWIND": 4}  # Burrow's order: worst wins
 NOT_ENOUGH = "not enough samples"
 
@@ -68,11 +69,21 @@ class _LoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float, check: Callable[[], None] | None = None) -> T:
+        """The coroutine's result within ``timeout`` s; ``check()`` runs every LOST_CHECK_S s of waiting
+        (it raises to give up early)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        deadline = time.monotonic() + timeout
         try:
-            return fut.result(timeout)
-        except BaseException:  # timeout, KeyboardInterrupt: do not leave the coroutine running
+            while True:
+                wait = deadline - time.monotonic()
+                try:
+                    return fut.result(max(0.0, wait if check is None else min(wait, LOST_CHECK_S)))
+                except TimeoutError:
+                    if fut.done() or check is None or time.monotonic() >= deadline:
+                        raise
+                    check()
+        except BaseException:  # timeout, lost broker, KeyboardInterrupt: do not leave the coroutine running
             fut.cancel()
             raise
 
@@ -364,13 +375,15 @@ class KafkaSession:
             raise UsageProblem("this Kafka session is closed", hint="call pyx.kafka() again")
         limit = self.request_timeout_s + 2 if timeout is None else timeout
         try:
-            return self._loop.call(coro, limit)
+            # aiokafka retries a dead broker until request_timeout: notice a vanished one within ~1 s
+            return self._loop.call(coro, limit, check=lambda: self._check_reachable(what))
         except TimeoutError:
             raise ConnectionProblem(
                 f"Kafka at {self.endpoint.address} (KAFKA_BROKERS) did not answer {what} within {limit:g} s",
                 hint=self._advertised_hint()) from None
         except (kerr.KafkaConnectionError, kerr.NodeNotReadyError, kerr.RequestTimedOutError,
                 kerr.KafkaTimeoutError) as exc:
+            self._check_reachable(what)
             raise ConnectionProblem(f"Kafka at {self.endpoint.address} (KAFKA_BROKERS) failed during {what}: "
                                     f"{_describe(exc)}", hint=self._advertised_hint()) from None
         except (kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError,
@@ -378,6 +391,19 @@ class KafkaSession:
             raise ConnectionProblem(f"Kafka refused {what}: {type(exc).__name__}",
                                     hint="check the ACLs of KAFKA_SASL_USERNAME (pyx needs Describe and Read)"
                                     ) from None
+
+    def _check_reachable(self, what: str) -> None:
+        """Raise ConnectionProblem if no configured broker accepts a TCP connection now (tunnel or broker down)."""
+        why: list[str] = []
+        for b in self._brokers:
+            problem = _probe(b.host, b.port, min(1.0, self.connect_timeout_s))
+            if problem is None:
+                return
+            why.append(f"{b.address}: {problem}")
+        where = self._brokers[0].address if len(self._brokers) == 1 else ", ".join(b.address for b in self._brokers)
+        raise ConnectionProblem(f"lost the connection to Kafka at {where} (KAFKA_BROKERS) during {what}: "
+                                f"{'; '.join(why)}",
+                                hint="is the tunnel up and the broker running? call pyx.kafka() again once it answers")
 
     def _advertised_hint(self) -> str:
         brokers = self.identity.get("brokers") or []
@@ -715,7 +741,7 @@ class KafkaSession:
                    disable=total < PROGRESS_MIN, mininterval=0.5, leave=False)
         self._call(self._assign(active), what="assign")
         pause: list[Any] = []
-        last_progress = time.monotonic()
+        last_progress = last_check = time.monotonic()
         try:
             while active:
                 room = None if max_messages is None else max_messages - state.scanned
@@ -740,10 +766,14 @@ class KafkaSession:
                     if tp in active:
                         del active[tp]
                         pause.append(tp)
+                now = time.monotonic()
                 if got:
                     bar.update(got)
-                    last_progress = time.monotonic()
-                elif time.monotonic() - last_progress > self.request_timeout_s:
+                    last_progress = now
+                elif now - last_progress > LOST_CHECK_S and now - last_check > LOST_CHECK_S:
+                    last_check = now  # aiokafka's fetcher hides a dead broker: getmany() just returns nothing
+                    self._check_reachable("fetch")
+                if not got and now - last_progress > self.request_timeout_s:
                     parts = ", ".join(str(tp.partition) for tp in active)
                     state.complete = False
                     state.stopped = f"no records for {self.request_timeout_s:g} s from partition(s) {parts}"

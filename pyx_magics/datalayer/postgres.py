@@ -624,8 +624,10 @@ class PgSession:
                                    f"{self._secret_free(str(exc).strip())}", hint=WRITE_HINT)
         if isinstance(exc, psycopg.OperationalError) and self._conn is None:
             ep = self.endpoint
-            return ConnectionProblem(f"lost the connection to PostgreSQL at {ep.address} (from {ep.variable})",
-                                     hint="is the tunnel still up? the next call reconnects")
+            lines = str(exc).strip().splitlines()  # e.g. "terminating connection due to administrator command"
+            why = f": {self._secret_free(lines[0].strip())}" if lines else ""
+            return ConnectionProblem(f"lost the connection to PostgreSQL at {ep.address} (from {ep.variable}){why}",
+                                     hint="is the tunnel still up and the server running? the next call reconnects")
         return exc
 
     @contextlib.contextmanager

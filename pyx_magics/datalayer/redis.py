@@ -282,7 +282,7 @@ class _Recorder:
     def lost(self, exc: Exception, what: str) -> ConnectionProblem:
         return ConnectionProblem(f"lost the connection to Redis at {self.where} (from {self.variable}) "
                                  f"during {what}: {self.run.redactor.text(str(exc))}",
-                                 hint="is the tunnel still up?")
+                                 hint="is the tunnel still up and the server running? the next command reconnects")
 
 
 # ---------------------------------------------------------------- guarded connection, client and pipeline

@@ -52,9 +52,7 @@ _NAME_KEYS = ("database", "dbname", "datname", "db_name", "cluster", "node", "in
 _TOOL_NAMES = frozenset({"pyx", "postgres", "postgresql", "redis", "valkey", "kafka", "tansu", "public", "default",
                         "master", "replica", "primary", "root", "admin", "localhost", "pyx_cluster", "tansu_cluster"})
 # commands whose first argument is a key (OBJECT/MEMORY subcommands take it second)
-_KEY_FIRST = frozenset("GET MGET SET DEL STRLEN GETRANGE EXISTS TYPE TTL PTTL EXPIRE HGET HMGET HLEN HSCAN HSET "
-                       "LLEN LRANGE LINDEX SCARD SSCAN SISMEMBER ZCARD ZSCORE ZRANGE ZSCAN XLEN XRANGE XREVRANGE "
-                       "XINFO INSPECT DUMP".split())
+_KEY_FIRST = frozenset(["GET", "MGET", "SET", "DEL", "STRLEN", "GETRANGE", "EXISTS", "TYPE", "TTL", "PTTL", "EXPIRE", "HGET", "HMGET", "HLEN", "HSCAN", "HSET", "LLEN", "LRANGE", "LINDEX", "SCARD", "SSCAN", "SISMEMBER", "ZCARD", "ZSCORE", "ZRANGE", "ZSCAN", "XLEN", "XRANGE", "XREVRANGE", "XINFO", "INSPECT", "DUMP"])
 
 
 # ---------------------------------------------------------------- identifiers
