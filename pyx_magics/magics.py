@@ -5,9 +5,11 @@ User mistakes become a plain ``UsageError`` (one line, no traceback).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,27 @@ from pyx_magics.execute import in_process
 from pyx_magics.journal import NOTE_KINDS
 from pyx_magics.journal import append as append_journal
 from pyx_magics.runner import Session, TaskRequest, run_task
+
+
+@contextlib.contextmanager
+def redacted_display(shell: Any, redactor: Any) -> Iterator[None]:
+    """While a task runs, everything it displays (DataFrames, values, HTML) is redacted on its way out."""
+    pub = getattr(shell, "display_pub", None)
+    if pub is None:
+        yield
+        return
+    original = pub.publish
+
+    def publish(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        clean = {k: redactor.text(v) if isinstance(v, str) else redactor.json(v) if isinstance(v, (dict, list))
+                 else v for k, v in (data or {}).items()}
+        return original(clean, *args, **kwargs)
+
+    pub.publish = publish
+    try:
+        yield
+    finally:
+        pub.publish = original
 
 
 class TaskFailed(Exception):
@@ -130,8 +153,11 @@ class PyxMagics(Magics):
         except PyxError as exc:
             raise UsageError(str(exc)) from None
         assert self.shell is not None
-        run, final = run_task(session, request, in_process(source, self.shell.user_ns, timeout=args.timeout))
-        display(TaskSummary(final))
+        with redacted_display(self.shell, session.redactor):
+            run, final = run_task(session, request, in_process(source, self.shell.user_ns, timeout=args.timeout))
+            if run.value is not None:
+                display(run.value)
+            display(TaskSummary(final))
         if final["status"] != "succeeded":
             err = final["error"] or {}
             raise TaskFailed(f"task {final['task']} {final['status']}: {err.get('type', '')}: "

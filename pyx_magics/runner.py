@@ -175,6 +175,7 @@ class Run:
         self.audit_writes: set[str] = set()
         self.dir_changes: list[str] = []
         self.record: dict[str, Any] = {}
+        self.value: Any = None  # the value of the task's last expression, for the front end to show
 
     @property
     def write_allowed(self) -> bool:
@@ -225,6 +226,7 @@ def run_task(session: Session, request: TaskRequest, execute: Executor) -> tuple
     try:
         guard.preflight(run.dir, session.env_label, request.source)
         outcome = execute(run)
+        run.value = outcome.value
     except WrongEnvironment as exc:
         outcome = Outcome("refused", error_record(exc, run.redactor, with_traceback=False))
     except BaseException as exc:  # the executor failed outside the task body

@@ -290,3 +290,24 @@ def test_quoted_magic_arguments_are_recorded_without_their_quotes(shell, tmp_pat
     assert m["input"]["params"]["note"] == "two words"
     r = shell.run_cell('%%pyx_run bad --allow-write "unbalanced\n1')
     assert type(r.error_in_exec).__name__ == "UsageError"
+
+
+def test_the_last_value_is_shown_and_displays_are_redacted(shell, tmp_path, monkeypatch):
+    secret = "dsp-" + secrets.token_urlsafe(12)
+    monkeypatch.setenv("SHOWN_TOKEN", secret)
+    shell.run_line_magic("pyx_topic", "shown --new")
+    published: list[dict] = []
+    original = shell.display_pub.publish
+
+    def spy(data, *a, **k):
+        published.append(data)
+        return original(data, *a, **k)
+
+    monkeypatch.setattr(shell.display_pub, "publish", spy)
+    cell = ("import os, pandas as pd\nfrom IPython.display import display\n"
+            "display(pd.DataFrame({'t': [os.environ['SHOWN_TOKEN']]}))\n"
+            "{'value': os.environ['SHOWN_TOKEN'], 'n': 42}")
+    assert run(shell, cell, "shown").success
+    blob = json.dumps(published)
+    assert secret not in blob and "[REDACTED]" in blob
+    assert any("42" in d.get("text/plain", "") for d in published), "the last expression is displayed"
