@@ -168,8 +168,11 @@ class PyxMagics(Magics):
     @magic_arguments()
     @argument("systems", nargs="*", metavar="SYSTEM", help="postgres, redis, kafka (default: every configured one)")
     @line_magic
-    def pyx_fingerprint(self, line: str) -> dict[str, Any]:
-        """Fingerprint the data systems (each its own task): prove which servers this session reaches."""
+    def pyx_fingerprint(self, line: str) -> None:
+        """Fingerprint the data systems (each its own task): prove which servers this session reaches.
+
+        The facts are written to ``fingerprint.<system>.<run_id>.json`` and left in ``pyx_fingerprints``.
+        """
         from pyx_magics.datalayer.fingerprint import configured_systems, task_source
 
         args = parse_line(self.pyx_fingerprint, line)
@@ -195,7 +198,7 @@ class PyxMagics(Magics):
                 failed.append(f"{system}: {(final['error'] or {}).get('message', final['status'])}")
         if failed:
             raise TaskFailed("fingerprint failed for " + "; ".join(failed))
-        return results
+        self.shell.user_ns["pyx_fingerprints"] = results  # the facts, for the cells that follow
 
     # ------------------------------------------------------------ environment and notes
     @magic_arguments()
@@ -216,7 +219,7 @@ class PyxMagics(Magics):
     @argument("text", nargs="+", help="the note; for `action` add owner=NAME due=YYYY-MM-DD; any note may name "
               "the tasks that prove it with evidence=TASK[,TASK...]")
     @line_magic
-    def pyx_note(self, line: str) -> dict[str, Any]:
+    def pyx_note(self, line: str) -> None:
         """Add a structured note (problem, hypothesis, finding, root_cause, action, ...) to the journal."""
         args = parse_line(self.pyx_note, line)
         try:
@@ -228,7 +231,6 @@ class PyxMagics(Magics):
         record["text"] = s.redactor.text(record["text"])
         append_journal(s.dir, s.topic, s.session_id, record)
         print(f"noted {record['note']}: {record['text']}")
-        return record
 
 
     @magic_arguments()

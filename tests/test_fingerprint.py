@@ -33,7 +33,8 @@ def only(root, pattern):
 
 def test_fingerprint_magic_writes_one_task_per_system_with_server_facts(shell, tmp_path, service_env):
     shell.run_line_magic("pyx_topic", "fp --env local")
-    result = shell.run_line_magic("pyx_fingerprint", "")
+    shell.run_line_magic("pyx_fingerprint", "")
+    result = shell.user_ns["pyx_fingerprints"]
     assert set(result) == {"postgres", "redis", "kafka"}
     root = tmp_path / "temp"
     pg = only(root, "fingerprint_postgres.*.manifest.json")
