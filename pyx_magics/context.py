@@ -135,6 +135,13 @@ class TaskContext:
 
         return write_diff(self._run, label, left, right, key=key, **options)
 
+    def partition_table(self, label: str, left: dict[int, int], right: dict[int, int], **options: Any) -> Any:
+        """Per-partition counts side by side (e.g. produced vs consumed) to
+        ``expected_vs_actual.<label>.<run_id>.csv`` with delta and status columns."""
+        from pyx_magics.datalayer.diff import partition_table
+
+        return partition_table(self._run, label, left, right, **options)
+
     def close(self) -> None:
         for conn in (self._db, self._redis, self._kafka):
             if conn is not None and hasattr(conn, "close"):

@@ -60,3 +60,17 @@ def test_pyx_diff_writes_evidence_files_declared_in_the_manifest(tmp_path):
     assert [r["status"] for r in table] == ["match", "changed"]
     assert outs[f"diff.orders.{rid}.json"]["role"] == "diff"
     assert outs[f"expected_vs_actual.orders.{rid}.csv"]["rows"] == 2
+
+
+def test_partition_table_puts_counts_side_by_side_with_delta_and_status(tmp_path):
+    session = Session.start(tmp_path / "temp", "parts", "local", resume=False)
+    src = "rows = pyx.partition_table('per_partition', {0: 40, 1: 41, 2: 40}, {0: 40, 1: 27, 3: 1}, " \
+          "left_name='produced', right_name='consumed')"
+    ns: dict = {}
+    run, m = run_task(session, TaskRequest("parts", src), in_process(src, ns))
+    assert m["status"] == "succeeded", m["error"]
+    path = tmp_path / "temp" / f"expected_vs_actual.per_partition.{m['run_id']}.csv"
+    table = list(csv.DictReader(path.read_text().splitlines()))
+    assert [(r["partition"], r["delta"], r["status"]) for r in table] == [
+        ("0", "0", "match"), ("1", "-14", "changed"), ("2", "", "missing"), ("3", "", "extra")]
+    assert [o["path"] for o in m["files"]["outputs"]] == [path.name]
