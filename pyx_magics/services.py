@@ -197,6 +197,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _child_pids(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (Linux /proc, else ``ps``)."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        found = []
+        for entry in proc.iterdir():
+            if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) and fields[1] == str(pid):
+                found.append(int(entry.name))
+        return found
+    res = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True)
+    pairs = (line.split() for line in res.stdout.splitlines())
+    return [int(p[0]) for p in pairs if len(p) == 2 and p[1] == str(pid)]
+
+
 def _start_time(pid: int) -> str | None:
     fields = _proc_stat(pid)
     return fields[19] if fields is not None and len(fields) > 19 else None
@@ -479,9 +493,13 @@ class LocalServices:
             proc = self._procs.get(name)
         if proc is None:
             return
-        if kill:  # the whole process group, as in a crash (PostgreSQL backends too)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        if kill:  # as in a crash: the server and its children (PostgreSQL backends run in their own sessions)
+            children = _child_pids(proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         _terminate(proc, signal.SIGKILL if kill else _STOP_SIGNALS.get(name, signal.SIGTERM))
         with self._lock:  # only now: a concurrent restart_service waits in _terminate above
             if self._procs.get(name) is proc:
@@ -501,6 +519,12 @@ class LocalServices:
         new = replace(old, pid=proc.pid)
         self.services[name] = new
         return new
+
+    def is_running(self, name: str) -> bool:
+        """Whether server ``name`` of this instance is up (started, not stopped, not exited)."""
+        with self._lock:
+            proc = self._procs.get(name)
+        return proc is not None and proc.poll() is None
 
     def _known(self, name: str) -> Service:
         svc = self.services.get(name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import secrets
 import urllib.parse
-from pathlib import Path
 
 import nbformat
 import pytest

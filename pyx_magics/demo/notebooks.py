@@ -156,10 +156,12 @@ def build(params: dict[str, Any], *, demo: bool) -> nbformat.NotebookNode:
     cells += [new_code_cell(INPUT_CELL)]
     cells += [md("## Steps + evidence\n\n### 0. Fingerprint: which systems did we reach?"),
               new_code_cell("%pyx_fingerprint")]
-    for heading, key, source in (("### 1. Database", "db", DB_CELL), ("### 2. Cache", "cache", CACHE_CELL),
-                                 ("### 3. Async pipeline", "lag", KAFKA_LAG_CELL), (None, "events", KAFKA_EVENTS_CELL)):
-        if heading:
-            cells.append(md(heading))
+    steps: list[tuple[str | None, str, str]] = [
+        ("### 1. Database", "db", DB_CELL), ("### 2. Cache", "cache", CACHE_CELL),
+        ("### 3. Async pipeline", "lag", KAFKA_LAG_CELL), (None, "events", KAFKA_EVENTS_CELL)]
+    for title, key, source in steps:
+        if title:
+            cells.append(md(title))
         cells.append(new_code_cell(source))
         if demo:
             cells.append(new_code_cell(DEMO_STEP_FINDINGS[key]))

@@ -56,7 +56,7 @@ def original_session(notebook: Path) -> str:
     text = notebook.read_text("utf-8")
     run_ids = re.findall(r"\b(\d{8}T\d{9}Z-[0-9a-f]{6})\b", text)
     history = {h["run_id"]: h.get("session_id") for h in read_lines(notebook.parent / "temp" / ".history.jsonl")}
-    return next((history[r] for r in run_ids if r in history), "*")
+    return str(next((history[r] for r in run_ids if history.get(r)), "*"))
 
 
 def leader_part(summary: Path) -> str:
@@ -99,7 +99,7 @@ def run_demo(directory: str | os.PathLike[str], *, progress: bool = True) -> dic
     session = original_session(nb_out)
     reports = sorted(evidence.glob(f"*.{session}.inspect.md")) + sorted(evidence.glob(f"*.{session}.summary.md"))
     summary = next(iter(sorted(evidence.glob(f"*.{session}.summary.md"))), None)
-    result = {"dir": str(root), "evidence": str(evidence), "seeded": seeded, "notebook": str(nb_out),
+    result: dict[str, Any] = {"dir": str(root), "evidence": str(evidence), "seeded": seeded, "notebook": str(nb_out),
               "reports": [str(p) for p in reports], "learn": [str(p) for p in sorted(evidence.glob(f"*.{session}.learn"))],
               "compare": [str(p) for p in sorted(evidence.glob("*.compare.md"))],
               "reproduced": verdict == 0, "seconds": round(time.perf_counter() - t0, 1)}
