@@ -15,13 +15,18 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from pyx_magics.datalayer.kafka import connect
 from pyx_magics.runner import Session, TaskRequest, open_run
 from pyx_magics.services import LocalServices
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import check, print_rows  # noqa: E402
 
 TARGET_S = 1.0
 
@@ -101,14 +106,14 @@ def main() -> None:
         base_times, base_lag = asyncio.run(baseline(brokers, topic, group, args.repeat))
     pyx_s, base_s = statistics.median(pyx_times), statistics.median(base_times)
     assert result["totals"]["lag"] == base_lag, (result["totals"]["lag"], base_lag)
-    print(f"metric: kafka offsets() median of {args.repeat}, {args.partitions} partitions, "
-          f"{args.partitions * args.messages} messages (connect {connect_s * 1000:.1f} ms, not included)")
-    print(f"pyx value: {pyx_s * 1000:.1f} ms")
-    print(f"baseline value: {base_s * 1000:.1f} ms (raw aiokafka admin + consumer end_offsets)")
-    print(f"ratio: {pyx_s / base_s:.2f}x")
-    print(f"target: < {TARGET_S * 1000:.0f} ms")
-    print(f"met: {pyx_s < TARGET_S}")
-
+    print(f"kafka offsets() median of {args.repeat}, {args.partitions} partitions, "
+          f"{args.partitions * args.messages} messages (connect {connect_s * 1000:.1f} ms, not included); "
+          f"lag {base_lag} on both sides")
+    print_rows([
+        check(f"kafka offsets+lag, {args.partitions} partitions (ms)", pyx_s * 1000, base_s * 1000, "ms",
+              "raw aiokafka admin + end_offsets", f"pyx < {TARGET_S * 1000:.0f} ms",
+              lambda p, b: p < TARGET_S * 1000),
+    ])
 
 if __name__ == "__main__":
     main()

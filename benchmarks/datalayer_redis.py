@@ -29,6 +29,9 @@ from pyx_magics.datalayer.redis import connect
 from pyx_magics.runner import Run, Session, TaskRequest
 from pyx_magics.services import LocalServices, _valkey_bin
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import check, print_rows  # noqa: E402
+
 TARGET_RATIO = 2.0
 
 
@@ -151,12 +154,12 @@ def main() -> int:
         print(f"  {p['pattern']:<12} count={p['count']:>9,} sample={p['sample_size']:>3} types={p['types']} "
               f"ttl={ {k: v for k, v in p['ttl'].items() if v} }")
     print(f"baseline: {base_name}; best of {repeat}, alternating")
-    print(f"{'metric':<34} {'pyx':>9} {'baseline':>9} {'ratio':>7} {'target':>8} {'met':>5}")
     met = ratio <= TARGET_RATIO and correct
-    print(f"{'keyspace_summary vs scan (s)':<34} {t_pyx:>9.2f} {t_base:>9.2f} {ratio:>6.2f}x "
-          f"{'<= 2.0x':>8} {str(met):>5}")
+    print_rows([
+        check(f"redis keyspace_summary, {n:,} keys (s)", t_pyx, t_base, "s", base_name,
+              f"ratio <= {TARGET_RATIO}, counts match", lambda p, b: met),
+    ])
     return 0 if met else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

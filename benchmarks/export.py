@@ -21,6 +21,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import check, print_rows  # noqa: E402
+
 TARGET = 1.5
 
 TASK = """\
@@ -127,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"# {args.cells} cells, {steps} steps, {charts} charts, median of {args.repeat} interleaved runs, in process")
-    print(f"{'metric':<40} {'pyx':>9} {'baseline':>9} {'ratio':>6} {'target':>7}  met")
-    for key, label in (("cold", "inspect export, charts drawn"), ("warm", "inspect re-export, charts reused")):
-        ratio = t[key] / t["base"]
-        print(f"{label + ' vs nbconvert md':<40} {t[key]:>8.3f}s {t['base']:>8.3f}s {ratio:>6.2f} "
-              f"{'<=' + str(TARGET):>7}  {'yes' if ratio <= TARGET else 'no'}")
+    print_rows([
+        check(f"{label}, {args.cells} cells", t[key], t["base"], "s", "nbconvert --to markdown, in process",
+              f"ratio <= {TARGET}", lambda p, b: p <= TARGET * b)
+        for key, label in (("cold", "inspect export, charts drawn"), ("warm", "inspect re-export, charts reused"))
+    ])
     return 0
 
 

@@ -15,6 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import Row, check, print_rows  # noqa: E402
+
 TARGET = 1.25
 
 
@@ -42,15 +45,15 @@ def run(src: Path, out: Path, kernel: str, cwd: Path) -> float:
 
 
 def report(metric: str, pyx: float, base: float, pyx_runs: list[float], base_runs: list[float],
-           target: float | None) -> None:
-    ratio = pyx / base
-    print(f"metric: {metric}")
-    print(f"pyx: {pyx:.3f}  (runs: {', '.join(f'{t:.3f}' for t in pyx_runs)})")
-    print(f"baseline: {base:.3f}  (runs: {', '.join(f'{t:.3f}' for t in base_runs)})")
-    print(f"ratio: {ratio:.3f}")
-    print(f"target: {'<= ' + str(target) if target else 'none (informational)'}")
-    print(f"met: {('yes' if ratio <= target else 'no') if target else '-'}")
-    print()
+           target: float | None) -> Row:
+    """Print the runs of one metric and return its table row."""
+    print(f"{metric}")
+    print(f"  pyx runs: {', '.join(f'{t:.3f}' for t in pyx_runs)}")
+    print(f"  baseline runs: {', '.join(f'{t:.3f}' for t in base_runs)}")
+    if target is None:
+        return check(metric, pyx, base, "s", "plain cells on python3", "(informational)", lambda p, b: True)
+    return check(metric, pyx, base, "s", "same cells, no magic, on python3", f"ratio <= {target}",
+                 lambda p, b: p <= target * b)
 
 
 def main(argv: list[str]) -> int:
@@ -87,10 +90,11 @@ def main(argv: list[str]) -> int:
                     lines = sum(1 for _ in next((work / "inv").glob("*.journal.jsonl")).open())
                     assert lines == cells + 1, f"expected {cells + 1} journal lines, found {lines}"
         med = {k: min(v) for k, v in times.items()}
-    report(f"papermill wall time, {cells} %%pyx_run cells on pyx vs plain cells on python3, "
-           f"best of {repeats} (s)", med["pyx"], med["baseline"], times["pyx"], times["baseline"], TARGET)
-    report(f"papermill wall time, {cells} plain cells on pyx (journal hooks only) vs python3, "
-           f"best of {repeats} (s)", med["journal"], med["plain"], times["journal"], times["plain"], None)
+    rows = [report(f"papermill, {cells} %%pyx_run cells, pyx kernel, best of {repeats}", med["pyx"],
+                   med["baseline"], times["pyx"], times["baseline"], TARGET),
+            report(f"papermill, {cells} plain cells, pyx kernel (journal only), best of {repeats}",
+                   med["journal"], med["plain"], times["journal"], times["plain"], None)]
+    print_rows(rows)
     return 0
 
 

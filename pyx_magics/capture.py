@@ -11,16 +11,19 @@ import functools
 import hashlib
 import io
 import os
+import stat
 import sys
 import sysconfig
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyx_magics.core.redact import Redactor
+from pyx_magics.core.runid import RUN_ID_RE
 
 # ---------------------------------------------------------------- audit hook
 
@@ -108,30 +111,92 @@ def stop_audit() -> None:
 
 
 
-def scan_dir(root: Path, skip: Callable[[str], bool] | None = None) -> dict[str, tuple[int, int]]:
-    """{relative posix path: (mtime_ns, size)} of regular files; hidden names and ``skip(name)`` left out."""
-    found: dict[str, tuple[int, int]] = {}
-    stack = [(root, "")]
-    while stack:
-        folder, prefix = stack.pop()
+PYX_OWN_SUFFIXES = (".manifest.json", ".log.txt", ".input.json", ".journal.jsonl", ".tmp", ".compare.json")
+RACY_NS = 50_000_000  # a listing younger than this after its folder's last change is not reused
+
+
+@dataclass
+class _Listing:
+    """The candidate names of one folder, valid while the folder's mtime is ``mtime_ns``."""
+
+    mtime_ns: int
+    plain: list[str]  # names without a run id
+    by_run: dict[str, list[str]]  # names carrying a run id, by that id
+    folders: set[str]
+
+
+_listings: dict[str, _Listing] = {}
+
+
+def _listing(folder: str) -> _Listing | None:
+    """Names that could be a run's outputs, cached while the folder is unchanged.
+
+    Adding, removing or renaming an entry changes a folder's mtime, so an unchanged mtime means an
+    unchanged set of names. Like git's "racy" rule, a listing taken within ``RACY_NS`` of the folder's
+    last change is not trusted: timestamps are coarse, and a change in the same tick would be missed.
+    """
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return None
+    cached = _listings.get(folder)
+    if cached is not None and cached.mtime_ns == mtime:
+        return cached
+    listed_at = time.time_ns()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    # a task's code file <task>.py sits beside its <task>.input.json: pyx's own, never an output
+    code_files = {e.name[:-11] + ".py" for e in entries if e.name.endswith(".input.json")}
+    listing = _Listing(mtime, [], {}, set())
+    for e in entries:
+        name = e.name
+        if name.startswith(".") or name.endswith(PYX_OWN_SUFFIXES) or name in code_files:
+            continue
         try:
-            entries = list(os.scandir(folder))
+            if e.is_dir(follow_symlinks=False):
+                listing.folders.add(name)
+            elif not e.is_file(follow_symlinks=False):
+                continue
         except OSError:
             continue
-        # a task's code file <task>.py sits beside its <task>.input.json: pyx's own, never an output
-        code_files = {e.name[:-11] + ".py" for e in entries if e.name.endswith(".input.json")}
-        for e in entries:
-            if e.name.startswith(".") or e.name in code_files or (skip is not None and skip(e.name)):
+        found = RUN_ID_RE.search(name)
+        if found is None:
+            listing.plain.append(name)
+        else:
+            listing.by_run.setdefault(found.group(0), []).append(name)
+    if listed_at - mtime > RACY_NS:
+        _listings[folder] = listing
+    else:
+        _listings.pop(folder, None)
+    return listing
+
+
+def scan_dir(root: Path, run_id: str | None = None) -> dict[str, tuple[int, int]]:
+    """{relative posix path: (mtime_ns, size)} of the files that could be outputs of run ``run_id``:
+    hidden names, pyx's own files and other runs' evidence (names with another run id) left out."""
+    found: dict[str, tuple[int, int]] = {}
+    stack = [(str(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        listing = _listing(folder)
+        if listing is None:
+            continue
+        names = listing.plain + (listing.by_run.get(run_id, []) if run_id else [])
+        for name in names:
+            path = f"{folder}/{name}"
+            if name in listing.folders:
+                stack.append((path, f"{prefix}{name}/"))
                 continue
-            rel = prefix + e.name
             try:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((Path(e.path), rel + "/"))
-                elif e.is_file(follow_symlinks=False):
-                    st = e.stat(follow_symlinks=False)
-                    found[rel] = (st.st_mtime_ns, st.st_size)
+                st = os.lstat(path)
             except OSError:
                 continue
+            if stat.S_ISREG(st.st_mode):
+                found[prefix + name] = (st.st_mtime_ns, st.st_size)
+            elif stat.S_ISDIR(st.st_mode):  # became a folder since the listing was cached
+                stack.append((path, f"{prefix}{name}/"))
     return found
 
 

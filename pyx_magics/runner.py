@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from pyx_magics import __version__
-from pyx_magics.capture import LogTee, WriteBatch, changed_files, scan_dir, start_audit, stop_audit
+from pyx_magics.capture import (
+    PYX_OWN_SUFFIXES,
+    LogTee,
+    WriteBatch,
+    changed_files,
+    scan_dir,
+    start_audit,
+    stop_audit,
+)
 from pyx_magics.core import history, manifest, spares
 from pyx_magics.core.errors import UsageProblem, WrongEnvironment
 from pyx_magics.core.hashing import atomic_write, pretty_json, sha256_bytes, sha256_file, write_if_changed
@@ -301,8 +309,7 @@ def environment() -> dict[str, Any]:
 @contextlib.contextmanager
 def capture(run: Run, live_out: Any, live_err: Any) -> Iterator[tuple[LogTee, LogTee]]:
     """Tee stdout/stderr (redacted) to the log and the live output; audit file access; scan the dir."""
-    skip = foreign_evidence(run.run_id)
-    before = scan_dir(run.dir, skip)
+    before = scan_dir(run.dir, run.run_id)
     own = [run.code_path, run.input_path, run.manifest_path, run.log_path]
     spare = spares.take(run.dir)
     if spare is not None:
@@ -324,19 +331,7 @@ def capture(run: Run, live_out: Any, live_err: Any) -> Iterator[tuple[LogTee, Lo
             log.flush()
             run.log_truncated = out.truncated_live or err.truncated_live
             run.audit_reads, run.audit_writes = audit.reads, audit.writes
-            run.dir_changes = changed_files(before, scan_dir(run.dir, skip))
-
-
-def foreign_evidence(run_id: str) -> Callable[[str], bool]:
-    """A name filter for directory scans: pyx's own files and other runs' evidence are never outputs."""
-
-    def skip(name: str) -> bool:
-        if name.endswith(_OWN):
-            return True
-        found = RUN_ID_RE.search(name)
-        return found is not None and run_id not in name
-
-    return skip
+            run.dir_changes = changed_files(before, scan_dir(run.dir, run.run_id))
 
 
 def error_record(exc: BaseException, redactor: Redactor, *, with_traceback: bool = True) -> dict[str, Any]:
@@ -387,7 +382,7 @@ def one_line_summary(m: dict[str, Any]) -> str:
     return text.replace("\n", " ")
 
 
-_OWN = (".manifest.json", ".log.txt", ".input.json", ".journal.jsonl", ".tmp", ".compare.json")
+_OWN = PYX_OWN_SUFFIXES
 
 
 def _is_pyx_artifact(run: Run, rel: str) -> bool:

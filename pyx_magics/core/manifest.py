@@ -243,9 +243,11 @@ def _integrity(path: Path) -> tuple[str | None, str | None, str | None]:
         with open(path, "rb") as f:
             m = json.loads(f.read(64 << 20))
         integ = m.get("integrity") or {}
-        return m.get("session_id"), integ.get("manifest_sha256"), integ.get("prev_manifest_sha256")
+        values = (m.get("session_id"), integ.get("manifest_sha256"), integ.get("prev_manifest_sha256"))
     except (OSError, ValueError, AttributeError, RecursionError):
         return None, None, None
+    sid, sha, prev = (v if isinstance(v, str) else None for v in values)
+    return sid, sha, prev
 
 
 def verify_chains(paths: list[Path], report: VerifyReport) -> None:

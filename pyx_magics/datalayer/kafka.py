@@ -383,7 +383,8 @@ class KafkaSession:
                 hint=self._advertised_hint()) from None
         except (kerr.KafkaConnectionError, kerr.NodeNotReadyError, kerr.RequestTimedOutError,
                 kerr.KafkaTimeoutError) as exc:
-            self._check_reachable(what)
+            if lost := self._lost(what):
+                raise lost from None
             raise ConnectionProblem(f"Kafka at {self.endpoint.address} (KAFKA_BROKERS) failed during {what}: "
                                     f"{_describe(exc)}", hint=self._advertised_hint()) from None
         except (kerr.TopicAuthorizationFailedError, kerr.GroupAuthorizationFailedError,
@@ -392,18 +393,22 @@ class KafkaSession:
                                     hint="check the ACLs of KAFKA_SASL_USERNAME (pyx needs Describe and Read)"
                                     ) from None
 
-    def _check_reachable(self, what: str) -> None:
-        """Raise ConnectionProblem if no configured broker accepts a TCP connection now (tunnel or broker down)."""
+    def _lost(self, what: str) -> ConnectionProblem | None:
+        """The error to raise if no configured broker accepts a TCP connection now (tunnel or broker down)."""
         why: list[str] = []
         for b in self._brokers:
             problem = _probe(b.host, b.port, min(1.0, self.connect_timeout_s))
             if problem is None:
-                return
+                return None
             why.append(f"{b.address}: {problem}")
         where = self._brokers[0].address if len(self._brokers) == 1 else ", ".join(b.address for b in self._brokers)
-        raise ConnectionProblem(f"lost the connection to Kafka at {where} (KAFKA_BROKERS) during {what}: "
-                                f"{'; '.join(why)}",
-                                hint="is the tunnel up and the broker running? call pyx.kafka() again once it answers")
+        return ConnectionProblem(f"lost the connection to Kafka at {where} (KAFKA_BROKERS) during {what}: "
+                                 f"{'; '.join(why)}",
+                                 hint="is the tunnel up and the broker running? call pyx.kafka() again once it answers")
+
+    def _check_reachable(self, what: str) -> None:
+        if lost := self._lost(what):
+            raise lost
 
     def _advertised_hint(self) -> str:
         brokers = self.identity.get("brokers") or []
