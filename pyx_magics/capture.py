@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,59 +117,79 @@ RACY_NS = 50_000_000  # a listing younger than this after its folder's last chan
 
 @dataclass
 class _Listing:
-    """The candidate names of one folder, valid while the folder's mtime is ``mtime_ns``."""
+    """The candidate names of one folder (see :func:`_listing`), updated incrementally."""
 
-    mtime_ns: int
-    plain: list[str]  # names without a run id
-    by_run: dict[str, list[str]]  # names carrying a run id, by that id
-    folders: set[str]
+    mtime_ns: int = -1
+    listed_at_ns: int = -1
+    names: set[str] = field(default_factory=set)  # every name seen, candidate or not
+    plain: set[str] = field(default_factory=set)  # candidates without a run id
+    by_run: dict[str, set[str]] = field(default_factory=dict)  # candidates carrying a run id, by that id
+    folders: set[str] = field(default_factory=set)
+
+    def _drop(self, name: str) -> None:
+        self.plain.discard(name)
+        self.folders.discard(name)
+        found = RUN_ID_RE.search(name)
+        if found is not None:
+            self.by_run.get(found.group(0), set()).discard(name)
+
+    def _add(self, folder: str, name: str) -> None:
+        if name.startswith(".") or name.endswith(PYX_OWN_SUFFIXES):
+            return
+        # a task's code file <task>.py sits beside its <task>.input.json: pyx's own, never an output
+        if name.endswith(".py") and name[:-3] + ".input.json" in self.names:
+            return
+        try:
+            st = os.lstat(f"{folder}/{name}")
+        except OSError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.folders.add(name)
+        elif not stat.S_ISREG(st.st_mode):
+            return
+        found = RUN_ID_RE.search(name)
+        if found is None:
+            self.plain.add(name)
+        else:
+            self.by_run.setdefault(found.group(0), set()).add(name)
+
+    def update(self, folder: str, names: set[str]) -> None:
+        removed, added = self.names - names, names - self.names
+        self.names = names
+        for name in removed:
+            self._drop(name)
+        for name in added:
+            if name.endswith(".input.json"):
+                self._drop(name[:-11] + ".py")
+        for name in added:
+            self._add(folder, name)
 
 
 _listings: dict[str, _Listing] = {}
 
 
 def _listing(folder: str) -> _Listing | None:
-    """Names that could be a run's outputs, cached while the folder is unchanged.
+    """Names that could be a run's outputs, kept per folder and updated by what changed.
 
-    Adding, removing or renaming an entry changes a folder's mtime, so an unchanged mtime means an
-    unchanged set of names. Like git's "racy" rule, a listing taken within ``RACY_NS`` of the folder's
-    last change is not trusted: timestamps are coarse, and a change in the same tick would be missed.
+    ``os.listdir`` and set differences run in C; only names new since the last look are classified,
+    so a folder of thousands of evidence files costs little per run. Adding, removing or renaming an
+    entry changes a folder's mtime, so an unchanged mtime means unchanged names — but, like git's
+    "racy" rule, not within ``RACY_NS`` of the change (timestamps are coarse).
     """
     try:
         mtime = os.stat(folder).st_mtime_ns
     except OSError:
         return None
-    cached = _listings.get(folder)
-    if cached is not None and cached.mtime_ns == mtime:
-        return cached
+    listing = _listings.setdefault(folder, _Listing())
+    if listing.mtime_ns == mtime and listing.listed_at_ns - mtime > RACY_NS:
+        return listing
     listed_at = time.time_ns()
     try:
-        entries = list(os.scandir(folder))
+        names = set(os.listdir(folder))
     except OSError:
         return None
-    # a task's code file <task>.py sits beside its <task>.input.json: pyx's own, never an output
-    code_files = {e.name[:-11] + ".py" for e in entries if e.name.endswith(".input.json")}
-    listing = _Listing(mtime, [], {}, set())
-    for e in entries:
-        name = e.name
-        if name.startswith(".") or name.endswith(PYX_OWN_SUFFIXES) or name in code_files:
-            continue
-        try:
-            if e.is_dir(follow_symlinks=False):
-                listing.folders.add(name)
-            elif not e.is_file(follow_symlinks=False):
-                continue
-        except OSError:
-            continue
-        found = RUN_ID_RE.search(name)
-        if found is None:
-            listing.plain.append(name)
-        else:
-            listing.by_run.setdefault(found.group(0), []).append(name)
-    if listed_at - mtime > RACY_NS:
-        _listings[folder] = listing
-    else:
-        _listings.pop(folder, None)
+    listing.update(folder, names)
+    listing.mtime_ns, listing.listed_at_ns = mtime, listed_at
     return listing
 
 
@@ -183,8 +203,8 @@ def scan_dir(root: Path, run_id: str | None = None) -> dict[str, tuple[int, int]
         listing = _listing(folder)
         if listing is None:
             continue
-        names = listing.plain + (listing.by_run.get(run_id, []) if run_id else [])
-        for name in names:
+        names = listing.plain | (listing.by_run.get(run_id, set()) if run_id else set())
+        for name in sorted(names):
             path = f"{folder}/{name}"
             if name in listing.folders:
                 stack.append((path, f"{prefix}{name}/"))

@@ -33,7 +33,7 @@ from pyx_magics.capture import (
     start_audit,
     stop_audit,
 )
-from pyx_magics.core import history, manifest, spares
+from pyx_magics.core import history, manifest
 from pyx_magics.core.errors import UsageProblem, WrongEnvironment
 from pyx_magics.core.hashing import atomic_write, pretty_json, sha256_bytes, sha256_file, write_if_changed
 from pyx_magics.core.inputs import check_input_size, validate_input
@@ -74,7 +74,6 @@ class Session:
         label = check_name(env_label or os.environ.get("PYX_ENV") or "local", "environment label")
         root = ensure_dir(directory)
         manifest.recover_interrupted(root)  # runs killed earlier (SIGKILL, crash) become `interrupted`
-        spares.sweep(root)
         state = root / f".session.{topic}.json"
         pinned = os.environ.get("PYX_SESSION_ID", "")  # `pyx rerun` pins its kernel to a new session
         pinned = pinned if RUN_ID_RE.fullmatch(pinned) else ""
@@ -311,9 +310,6 @@ def capture(run: Run, live_out: Any, live_err: Any) -> Iterator[tuple[LogTee, Lo
     """Tee stdout/stderr (redacted) to the log and the live output; audit file access; scan the dir."""
     before = scan_dir(run.dir, run.run_id)
     own = [run.code_path, run.input_path, run.manifest_path, run.log_path]
-    spare = spares.take(run.dir)
-    if spare is not None:
-        os.replace(spare, run.log_path)
     with open(run.log_path, "ab", buffering=0) as raw:
         log = io.BufferedWriter(raw)
         hint = str(relpath(run.dir.parent, run.log_path)) if run.dir.parent else run.log_path.name

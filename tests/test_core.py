@@ -180,20 +180,21 @@ def test_history_appends_stay_valid_under_concurrent_writers(tmp_path):
     assert {(p["worker"], p["i"]) for p in parsed} == {(w, i) for w in range(4) for i in range(200)}
 
 
-def test_spare_files_take_file_creation_off_the_hot_path_and_are_cleaned_up(tmp_path):
-    import time as _time
+def test_directory_scan_sees_every_change_even_within_one_timestamp_tick(tmp_path):
+    from pyx_magics.capture import scan_dir
 
-    from pyx_magics.core import spares
-
-    pool = spares.pool(tmp_path)
-    deadline = _time.monotonic() + 5
-    while len(list(tmp_path.glob(".pyx-spare.*"))) < spares.KEEP and _time.monotonic() < deadline:
-        _time.sleep(0.01)
-    before = set(tmp_path.glob(".pyx-spare.*"))
-    atomic_write(tmp_path / "m.json", b"{}", use_spare=True)
-    assert (tmp_path / "m.json").read_bytes() == b"{}"
-    assert len(before - set(tmp_path.glob(".pyx-spare.*"))) == 1, "the write used one of the spares"
-    pool.close()
-    assert not list(tmp_path.glob(".pyx-spare.*"))
-    (tmp_path / ".pyx-spare.999999999.1").write_bytes(b"")  # left by a process that no longer exists
-    assert spares.sweep(tmp_path) == 1 and not list(tmp_path.glob(".pyx-spare.*"))
+    rid = new_run_id()
+    (tmp_path / "a.csv").write_text("1")
+    first = scan_dir(tmp_path, rid)
+    (tmp_path / "b.csv").write_text("2")  # right after the listing: same coarse mtime tick, likely
+    (tmp_path / f"out.{rid}.json").write_text("{}")
+    (tmp_path / f"other.{new_run_id()}.json").write_text("{}")  # another run's evidence
+    (tmp_path / "t.input.json").write_text("{}")
+    (tmp_path / "t.py").write_text("x = 1")  # a task's code file
+    (tmp_path / "a.csv").write_text("changed")
+    second = scan_dir(tmp_path, rid)
+    assert set(first) == {"a.csv"}
+    assert set(second) == {"a.csv", "b.csv", f"out.{rid}.json"}
+    assert second["a.csv"] != first["a.csv"]
+    (tmp_path / "b.csv").unlink()
+    assert set(scan_dir(tmp_path, rid)) == {"a.csv", f"out.{rid}.json"}

@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pyx_magics.core import spares
-
 CHUNK = 1 << 20  # 1 MiB: measured fastest for hashlib here
 
 
@@ -60,21 +58,15 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj))
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, durable: bool = False,
-                 use_spare: bool = False) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, durable: bool = False) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory and a rename.
 
     A reader sees the old file or the new one, never half of one; on failure the
     temp file is removed and the old file is untouched. ``durable`` adds an fsync
-    (survives power loss, not only a killed process; costs ~0.5 ms here). ``use_spare`` writes
-    into a pre-created file of the directory (see :mod:`pyx_magics.core.spares`) when one is ready.
+    (survives power loss, not only a killed process; costs ~0.5 ms here).
     """
     target = Path(path)
-    spare = spares.take(target.parent) if use_spare else None
-    if spare is not None:
-        fd, tmp = os.open(spare, os.O_WRONLY), spare
-    else:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -98,4 +90,4 @@ def write_if_changed(path: Path, data: bytes) -> None:
             return
     except OSError:
         pass
-    atomic_write(path, data, use_spare=True)
+    atomic_write(path, data)

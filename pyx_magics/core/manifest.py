@@ -94,7 +94,7 @@ def integrity_ok(manifest: dict[str, Any]) -> bool:
 
 def write(path: Path, manifest: dict[str, Any]) -> None:
     """Write a manifest atomically (temp file + rename)."""
-    atomic_write(path, pretty_json(manifest), use_spare=True)
+    atomic_write(path, pretty_json(manifest))
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
