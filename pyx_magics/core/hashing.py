@@ -41,17 +41,21 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _dumps(obj: Any, **options: Any) -> str:
+    try:  # the common case has no NaN/Infinity: skip the walk that replaces them
+        return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, **options)
+    except (ValueError, TypeError):  # NaN/Infinity, or keys of mixed types that cannot be sorted
+        return json.dumps(_jsonable(obj), sort_keys=True, ensure_ascii=False, allow_nan=False, **options)
+
+
 def canonical_json(obj: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(
-        _jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
 def pretty_json(obj: Any) -> bytes:
     """Human-readable, still deterministic JSON for files people open."""
-    text = json.dumps(_jsonable(obj), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
-    return (text + "\n").encode("utf-8")
+    return (_dumps(obj, indent=2) + "\n").encode("utf-8")
 
 
 def sha256_json(obj: Any) -> str:
