@@ -311,3 +311,27 @@ def test_the_last_value_is_shown_and_displays_are_redacted(shell, tmp_path, monk
     blob = json.dumps(published)
     assert secret not in blob and "[REDACTED]" in blob
     assert any("42" in d.get("text/plain", "") for d in published), "the last expression is displayed"
+
+
+def test_pyx_env_names_a_tunnel_that_is_down_and_hides_secret_values(shell, capsys, monkeypatch):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    up = listener.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        down = probe.getsockname()[1]  # nothing listens here once closed
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:hunter2-pw@127.0.0.1:{up}/db")
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{down}/0")
+    monkeypatch.delenv("KAFKA_BROKERS", raising=False)
+    shell.run_line_magic("pyx_topic", "envcheck --env staging --new")
+    capsys.readouterr()
+    shell.run_line_magic("pyx_env", "")
+    out = capsys.readouterr().out
+    listener.close()
+    assert "STAGING" in out
+    assert f"127.0.0.1:{up}  from DATABASE_URL  listening" in out
+    assert f"127.0.0.1:{down}  from REDIS_URL  NOTHING LISTENING - is the tunnel up?" in out
+    assert "hunter2" not in out
