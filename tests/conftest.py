@@ -92,3 +92,20 @@ def pyx_kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     paths = [str(prefix / "share" / "jupyter"), os.environ.get("JUPYTER_PATH", "")]
     return {"JUPYTER_PATH": os.pathsep.join(p for p in paths if p),
             "JUPYTER_RUNTIME_DIR": str(prefix / "runtime")}
+
+
+@pytest.fixture
+def pyx_shell(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A real IPython InteractiveShell with ``%load_ext pyx_magics``, working in ``tmp_path``
+    (so the investigation directory is ``tmp_path/temp``) with no PYX_DIR/PYX_TOPIC/PYX_ENV."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("PYX_DIR", "PYX_TOPIC", "PYX_ENV"):
+        monkeypatch.delenv(var, raising=False)
+    InteractiveShell.clear_instance()
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "pyx_magics")
+    yield ip
+    ip.run_line_magic("unload_ext", "pyx_magics")
+    InteractiveShell.clear_instance()

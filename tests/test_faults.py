@@ -115,14 +115,8 @@ def env(servers: LocalServices, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 
 
 @pytest.fixture
-def shell(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.chdir(tmp_path)
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "pyx_magics")
-    yield ip
-    ip.run_line_magic("unload_ext", "pyx_magics")
-    InteractiveShell.clear_instance()
+def shell(env: dict[str, str], pyx_shell: InteractiveShell) -> InteractiveShell:
+    return pyx_shell
 
 
 def the_manifest(root: Path, task: str) -> dict[str, Any]:

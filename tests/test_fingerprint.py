@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from pyx_magics.core import manifest
 from pyx_magics.datalayer import guard
@@ -15,15 +14,8 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-def shell(tmp_path, monkeypatch, service_env):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PYX_DIR", raising=False)
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "pyx_magics")
-    yield ip
-    ip.run_line_magic("unload_ext", "pyx_magics")
-    InteractiveShell.clear_instance()
+def shell(service_env, pyx_shell):
+    return pyx_shell
 
 
 def only(root, pattern):

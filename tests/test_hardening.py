@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +53,8 @@ def manifests(root: Path, task: str | None = None) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.chdir(tmp_path)
-    for var in ("PYX_DIR", "PYX_TOPIC", "PYX_ENV"):
-        monkeypatch.delenv(var, raising=False)
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "pyx_magics")
-    yield ip
-    ip.run_line_magic("unload_ext", "pyx_magics")
-    InteractiveShell.clear_instance()
+def shell(pyx_shell: InteractiveShell) -> InteractiveShell:
+    return pyx_shell
 
 
 def run_cell(ip: InteractiveShell, task_line: str, body: str) -> Any:

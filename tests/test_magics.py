@@ -10,22 +10,13 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 from pyx_magics.core import manifest
 
 
 @pytest.fixture
-def shell(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("PYX_DIR", raising=False)
-    monkeypatch.delenv("PYX_TOPIC", raising=False)
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "pyx_magics")
-    yield ip
-    ip.run_line_magic("unload_ext", "pyx_magics")
-    InteractiveShell.clear_instance()
+def shell(pyx_shell):
+    return pyx_shell
 
 
 def manifests(root: Path, task: str | None = None) -> list[dict]:
