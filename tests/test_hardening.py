@@ -632,7 +632,7 @@ def test_an_sql_syntax_error_fails_the_task_clearly_and_the_next_task_works(shel
 def test_a_misspelt_first_keyword_is_refused_before_it_reaches_the_server(shell, tmp_path, service_env):
     run_cell(shell, "selec", "df = pyx.db().query_df('selec 1')")
     m = failed_with(tmp_path / "temp", "selec", "UnsafeOperation")
-    assert "SELEC" in m["error"]["message"]
+    assert "SELEC is not a SQL command pyx knows" in m["error"]["message"]
     assert not [a for a in m["data_access"] if "selec 1" in a["statement"]]  # never sent
     assert run_cell(shell, "select", "df = pyx.db().query_df('select 1 as x')").success
 

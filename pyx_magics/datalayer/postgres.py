@@ -300,6 +300,13 @@ def _always_problem(stmt: Statement) -> tuple[str, str] | None:
     return None
 
 
+# first words of PostgreSQL commands that are not reads (the reads are _READ_FIRST)
+_SQL_COMMANDS = frozenset("""abort alter analyze begin call checkpoint close cluster comment commit copy create
+deallocate declare delete discard do drop end execute explain fetch grant import insert listen load lock merge move
+notify prepare reassign refresh reindex release reset revoke rollback savepoint security select set show start
+table truncate unlisten update vacuum values with""".split())
+
+
 def _readonly_problem(stmt: Statement) -> tuple[str, str] | None:
     """Why ``stmt`` needs ``--allow-write`` (message, hint), or None if it only reads."""
     first, words = stmt.first, stmt.words()
@@ -308,6 +315,9 @@ def _readonly_problem(stmt: Statement) -> tuple[str, str] | None:
     if first in _PROCEDURAL:
         return f"{_PROCEDURAL[first]}; this session is read-only", WRITE_HINT
     if first not in _READ_FIRST:
+        if first not in _SQL_COMMANDS:
+            return (f"{first.upper()} is not a SQL command pyx knows (a typo?); nothing was sent",
+                    "read-only sessions run SELECT, WITH, VALUES, TABLE, SHOW and EXPLAIN")
         return f"{first.upper()} changes the database or the session; this session is read-only", WRITE_HINT
     toks = stmt.tokens
     for a, b in zip(toks, toks[1:], strict=False):
