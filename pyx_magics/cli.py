@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the job's own failure, 2 usage or input error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -103,19 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+COMMAND_MODULES = ("pyx_magics.services_cli", "kernel_ext.cli", "pyx_magics.datalayer.cli",
+                   "pyx_magics.rerun_cli", "pyx_magics.report.cli", "pyx_magics.demo.cli")
+
+
 def _extra_commands() -> list[Callable[[Any], None]]:
-    """Subcommands owned by other modules (services, kernel, rerun, reports), registered if present."""
-    found = []
-    for mod in ("pyx_magics.services_cli", "kernel_ext.cli", "pyx_magics.datalayer.cli",
-                "pyx_magics.rerun_cli", "pyx_magics.report.cli", "pyx_magics.demo.cli"):
-        try:
-            module = __import__(mod, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name and mod.startswith(exc.name):
-                continue
-            raise
-        found.append(module.register)
-    return found
+    """``register`` of the modules that own the other subcommands (each imports its heavy parts lazily)."""
+    return [importlib.import_module(name).register for name in COMMAND_MODULES]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

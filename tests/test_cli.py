@@ -177,7 +177,9 @@ def test_ensure_temp_creates_the_directory(tmp_path):
     assert r.returncode == 0 and (tmp_path / "evidence").is_dir()
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["verify"], ["info"], ["ensure-temp"], ["services"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["verify"], ["info"], ["ensure-temp"], ["services"], ["env"],
+                                     ["kernel"], ["kernel", "install"], ["rerun"], ["compare"], ["export"],
+                                     ["learn"], ["demo"]])
 def test_every_command_has_help(tmp_path, command):
     r = pyx(*command, "--help", cwd=tmp_path)
     assert r.returncode == 0 and "usage: pyx" in r.stdout
