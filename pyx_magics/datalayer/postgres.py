@@ -301,10 +301,7 @@ def _always_problem(stmt: Statement) -> tuple[str, str] | None:
 
 
 # first words of PostgreSQL commands that are not reads (the reads are _READ_FIRST)
-_SQL_COMMANDS = frozenset("""abort alter analyze begin call checkpoint close cluster comment commit copy create
-deallocate declare delete discard do drop end execute explain fetch grant import insert listen load lock merge move
-notify prepare reassign refresh reindex release reset revoke rollback savepoint security select set show start
-table truncate unlisten update vacuum values with""".split())
+_SQL_COMMANDS = frozenset(["abort", "alter", "analyze", "begin", "call", "checkpoint", "close", "cluster", "comment", "commit", "copy", "create", "deallocate", "declare", "delete", "discard", "do", "drop", "end", "execute", "explain", "fetch", "grant", "import", "insert", "listen", "load", "lock", "merge", "move", "notify", "prepare", "reassign", "refresh", "reindex", "release", "reset", "revoke", "rollback", "savepoint", "security", "select", "set", "show", "start", "table", "truncate", "unlisten", "update", "vacuum", "values", "with"])
 
 
 def _readonly_problem(stmt: Statement) -> tuple[str, str] | None:
