@@ -101,22 +101,15 @@ def main() -> int:
 @contextlib.contextmanager
 def seeded_services(tmp: Path) -> Iterator[None]:
     """Local PostgreSQL/Redis/Kafka seeded with the demo incident, exported to this process's env."""
+    from pyx_magics.demo.run import environ
     from pyx_magics.demo.seed import seed_all
     from pyx_magics.services import LocalServices
 
     with LocalServices(root=tmp / "services") as svc:
         env = svc.env()
         seed_all(env)
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with environ(env):
             yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def measure(notebook: Path, ws: Path, repeat: int, what: str) -> int:
