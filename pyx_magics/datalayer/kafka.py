@@ -367,7 +367,21 @@ class KafkaSession:
     # -- plumbing
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None, what: str = "the request") -> T:
-        """Run ``coro`` on the session loop and wait at most ``timeout`` seconds (default: request timeout + 2)."""
+        """Run ``coro`` on the session loop and wait at most ``timeout`` seconds (default: request timeout + 2).
+
+        A call that fails is recorded in ``data_access`` too (with its error), as PostgreSQL and Redis do;
+        successful calls are recorded by the public methods, with their rows."""
+        t0 = time.perf_counter()
+        try:
+            return self._call_unrecorded(coro, timeout, what)
+        except BaseException as exc:
+            if self._run is not None:
+                self._run.add_access({"target": self.alias, "op": "failed", "statement": what, "rows": 0,
+                                      "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
+                                      "error": type(exc).__name__})
+            raise
+
+    def _call_unrecorded(self, coro: Coroutine[Any, Any, T], timeout: float | None, what: str) -> T:
         from aiokafka import errors as kerr
 
         if self._loop is None:
