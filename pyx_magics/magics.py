@@ -147,9 +147,9 @@ class PyxMagics(Magics):
                 params = read_input_file(args.input)
             params = validate_input(merge(params, parse_params(args.param)))
             source = self.shell.transform_cell(cell) if self.shell else cell
-            request = TaskRequest(args.task, source, params, args.timeout, args.allow_write,
-                                  execution_count=cell_number(self.shell))
             session = self.current_session()
+            request = TaskRequest(args.task, source, params, args.timeout, args.allow_write,
+                                  execution_count=cell_number(self.shell), notebook=notebook_name(session.dir))
         except PyxError as exc:
             raise UsageError(str(exc)) from None
         assert self.shell is not None
@@ -269,6 +269,19 @@ class PyxMagics(Magics):
                         map(Path, written) if s.dir in p.parents})
         for path in shown:
             print(f"wrote {path.relative_to(s.dir.parent)}{'/' if path.is_dir() else ''}")
+
+
+def notebook_name(root: Path) -> str | None:
+    """The open notebook (Jupyter tells its kernels through ``JPY_SESSION_NAME``), relative to the
+    investigation directory's parent when inside it, else its bare name: manifests hold no absolute paths."""
+    name = os.environ.get("JPY_SESSION_NAME")
+    if not name:
+        return None
+    path = Path(name)
+    try:
+        return path.resolve().relative_to(root.parent).as_posix()
+    except ValueError:
+        return path.name
 
 
 def cell_number(shell: Any) -> int | None:

@@ -326,3 +326,16 @@ def test_pyx_env_names_a_tunnel_that_is_down_and_hides_secret_values(shell, caps
     assert f"127.0.0.1:{up}  from DATABASE_URL  listening" in out
     assert f"127.0.0.1:{down}  from REDIS_URL  NOTHING LISTENING - is the tunnel up?" in out
     assert "hunter2" not in out
+
+
+def test_the_notebook_jupyter_names_is_recorded_relative_never_absolute(shell, tmp_path, monkeypatch):
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "incidents" / "order-1042.ipynb"))
+    assert run(shell, "x = 1", "from_nb").success
+    monkeypatch.setenv("JPY_SESSION_NAME", "/elsewhere/home/alice/triage.ipynb")
+    assert run(shell, "x = 1", "from_elsewhere").success
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    assert run(shell, "x = 1", "from_shell").success
+    root = tmp_path / "temp"
+    assert manifests(root, "from_nb")[0]["code"]["notebook"] == "incidents/order-1042.ipynb"
+    assert manifests(root, "from_elsewhere")[0]["code"]["notebook"] == "triage.ipynb"
+    assert manifests(root, "from_shell")[0]["code"]["notebook"] is None
