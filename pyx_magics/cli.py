@@ -16,8 +16,6 @@ from typing import Any
 from pyx_magics import __version__
 from pyx_magics.core.errors import PyxError, UsageProblem
 
-Handler = Callable[[argparse.Namespace], int]
-
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]

@@ -151,12 +151,3 @@ def validate_input(data: Any, source: str = "input") -> dict[str, Any]:
     if notes is not None and not isinstance(notes, str):
         raise InputError("notes: expected a string")
     return data
-
-
-def time_window_bounds(data: dict[str, Any]) -> tuple[datetime, datetime] | None:
-    """The validated (start, end) of ``data['time_window']`` as aware datetimes, or None."""
-    tw = data.get("time_window")
-    if not tw:
-        return None
-    tz = ZoneInfo(tw["timezone"]) if tw.get("timezone") else None
-    return _parse_time(tw["start"], "start", tz), _parse_time(tw["end"], "end", tz)

@@ -21,7 +21,6 @@ from pyx_magics.core.names import inside
 
 SCHEMA = "pyx.manifest/1"
 STATUSES = ("running", "succeeded", "failed", "interrupted", "timed_out", "refused")
-FINAL_STATUSES = STATUSES[1:]
 MANIFEST_SUFFIX = ".manifest.json"
 RUNNING = ".running"  #: per directory: ``+name`` when a run starts, ``-name`` when its manifest is final
 _LISTED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.manifest\.json")
