@@ -147,9 +147,10 @@ class PyxMagics(Magics):
                 params = read_input_file(args.input)
             params = validate_input(merge(params, parse_params(args.param)))
             source = self.shell.transform_cell(cell) if self.shell else cell
-            session = self.current_session()
             request = TaskRequest(args.task, source, params, args.timeout, args.allow_write,
-                                  execution_count=cell_number(self.shell), notebook=notebook_name(session.dir))
+                                  execution_count=cell_number(self.shell))
+            session = self.current_session()  # only once the request is valid: a mistake writes nothing
+            request.notebook = notebook_name(session.dir)
         except PyxError as exc:
             raise UsageError(str(exc)) from None
         assert self.shell is not None
