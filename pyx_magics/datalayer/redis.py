@@ -19,7 +19,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -342,29 +342,33 @@ class _GuardedSSLConnection(_GuardMixin, SSLConnection):
     pass
 
 
+def _checked_call(rec: _Recorder, args: tuple[Any, ...], send: Callable[[], Any]) -> Any:
+    """Check one command, send it, and record it (with its error, if any); a lost connection is a
+    ConnectionProblem naming the server."""
+    name = check_command(args, rec.write_allowed)
+    t0 = time.perf_counter()
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        result = send()
+        return result
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        error = exc
+        raise rec.lost(exc, name) from exc
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        rec.note(name, _statement(name, args, name in READ_COMMANDS), _rows(result), time.perf_counter() - t0, error)
+
+
 class GuardedRedis(redis.Redis):
     """A ``redis.Redis`` that checks and records every command (``RedisSession.client``)."""
 
     _pyx: _Recorder
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        rec = self._pyx
-        name = check_command(args, rec.write_allowed)
-        t0 = time.perf_counter()
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            result = super().execute_command(*args, **options)
-            return result
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            error = exc
-            raise rec.lost(exc, name) from exc
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            rec.note(name, _statement(name, args, name in READ_COMMANDS), _rows(result), time.perf_counter() - t0,
-                     error)
+        return _checked_call(self._pyx, args, lambda: super(GuardedRedis, self).execute_command(*args, **options))
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> GuardedPipeline:
         pipe = GuardedPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -426,20 +430,8 @@ class GuardedPipeline(Pipeline):
         return self
 
     def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
-        rec = self._pyx
-        name = check_command(args, rec.write_allowed)
-        t0 = time.perf_counter()
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            result = super().immediate_execute_command(*args, **options)
-            return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            rec.note(name, _statement(name, args, name in READ_COMMANDS), _rows(result), time.perf_counter() - t0,
-                     error)
+        return _checked_call(self._pyx, args,
+                             lambda: super(GuardedPipeline, self).immediate_execute_command(*args, **options))
 
     def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: Any) -> Any:
         connection._pyx_tx = True  # MULTI/EXEC around commands already checked
