@@ -24,7 +24,7 @@ def collect(check_ports: bool = True) -> dict[str, Any]:
     env = load_environ()
     names = sorted(k for k in env if k in CONTRACT_VARS or k.startswith("PYX_") or
                    (is_secret_name(k) and k.split("_")[0] in ("DB", "REDIS", "KAFKA", "DATABASE")))
-    variables = {k: ("set (secret, hidden)" if is_secret_name(k) or k.endswith("_URL") else "set") for k in names}
+    variables = {k: ("set, value hidden" if is_secret_name(k) or k.endswith("_URL") else "set") for k in names}
     eps: dict[str, list[dict[str, Any]]] = {}
     problem = None
     try:
