@@ -23,6 +23,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from pyx_magics.core import manifest
 from pyx_magics.services import SYSTEMS, LocalServices
+from tests.kernel_client import Kernel
 
 pytestmark = pytest.mark.services
 
@@ -191,37 +192,6 @@ def test_a_server_lost_mid_task_fails_fast_and_the_next_task_after_a_restart_suc
     assert the_manifest(root, "after_restart")["status"] == "succeeded"
 
 
-class Kernel:
-    """A started pyx kernel (jupyter_client) and its client."""
-
-    def __init__(self, cwd: Path) -> None:
-        from jupyter_client.manager import KernelManager
-
-        self.km = KernelManager(kernel_name="pyx")
-        self.km.start_kernel(cwd=str(cwd))
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
-
-    def run(self, code: str) -> tuple[str, str]:
-        """Execute ``code``; the reply status and the stream/error text it produced."""
-        text: list[str] = []
-
-        def hook(msg: dict[str, Any]) -> None:
-            c = msg["content"]
-            if msg["msg_type"] == "stream":
-                text.append(c["text"])
-            elif msg["msg_type"] == "error":
-                text.append(f"{c['ename']}: {c['evalue']}\n")
-
-        reply = self.kc.execute_interactive(code, output_hook=hook, timeout=60)
-        return reply["content"]["status"], "".join(text)
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
-
-
 def test_in_the_pyx_kernel_postgres_stopped_mid_copy_fails_the_task_and_the_kernel_goes_on(
         env: dict[str, str], servers: LocalServices, pyx_kernel_env: dict[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,23 +203,24 @@ def test_in_the_pyx_kernel_postgres_stopped_mid_copy_fails_the_task_and_the_kern
     monkeypatch.setenv("PYX_DIR", str(root))
     kernel = Kernel(tmp_path)
     try:
-        assert kernel.run("topic = 'faults'")[0] == "ok"
+        assert kernel.run("topic = 'faults'")[0]["status"] == "ok"
         timer = threading.Timer(1.5, servers.stop_service, ("postgres",))
         t0 = time.monotonic()
         timer.start()
-        status, out = kernel.run(f"%%pyx_run copy_fault --timeout {TIMEOUT}\npyx.db().to_csv({STREAM_SQL!r}, 'slow')")
+        reply, out = kernel.run(f"%%pyx_run copy_fault --timeout {TIMEOUT}\npyx.db().to_csv({STREAM_SQL!r}, 'slow')")
         elapsed = time.monotonic() - t0
         timer.join(15)
-        assert status == "error" and "TaskFailed" in out and "lost the connection to PostgreSQL" in out, out
+        assert reply["status"] == "error" and "TaskFailed" in out and "lost the connection to PostgreSQL" in out, out
         assert elapsed < TIMEOUT + MARGIN
         for secret in secrets_of(servers):
             assert secret not in out
         assert_clear_connection_error(the_manifest(root, "copy_fault"), "postgres", servers, root)
-        assert kernel.run("print(6 * 7)") == ("ok", "42\n")
+        reply, out = kernel.run("print(6 * 7)")
+        assert (reply["status"], out) == ("ok", "42\n")
 
         servers.restart_service("postgres")
-        status, out = kernel.run("%%pyx_run after_restart\nprint(int(pyx.db().query_df('select 1 as x')['x'][0]))")
-        assert status == "ok" and "1\n" in out, out
+        reply, out = kernel.run("%%pyx_run after_restart\nprint(int(pyx.db().query_df('select 1 as x')['x'][0]))")
+        assert reply["status"] == "ok" and "1\n" in out, out
         assert the_manifest(root, "after_restart")["status"] == "succeeded"
     finally:
         kernel.close()

@@ -22,6 +22,7 @@ from kernel_ext import hooks, kernelspec
 from pyx_magics import cli
 from pyx_magics.core import manifest
 from pyx_magics.journal import read as read_journal
+from tests.kernel_client import Kernel
 
 BIN = Path(sys.executable).parent
 CELL_KEYS = {"kind", "execution_count", "sha256", "source", "started_at", "ended_at", "duration_ms", "status",
@@ -79,37 +80,6 @@ def shell(investigation: Path) -> Iterator[InteractiveShell]:
     yield ip
     kernel_ext.unload_ipython_extension(ip)
     InteractiveShell.clear_instance()
-
-
-class Kernel:
-    """A started pyx kernel and its client."""
-
-    def __init__(self, cwd: Path) -> None:
-        from jupyter_client.manager import KernelManager
-
-        self.km = KernelManager(kernel_name="pyx")
-        self.km.start_kernel(cwd=str(cwd))
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
-
-    def run(self, code: str) -> tuple[dict[str, Any], str]:
-        """Execute ``code``; returns the reply content and the stream/error text it produced."""
-        text: list[str] = []
-
-        def hook(msg: dict[str, Any]) -> None:
-            c = msg["content"]
-            if msg["msg_type"] == "stream":
-                text.append(c["text"])
-            elif msg["msg_type"] == "error":
-                text.append(f"{c['ename']}: {c['evalue']}\n")
-
-        reply = self.kc.execute_interactive(code, output_hook=hook, timeout=60)
-        return reply["content"], "".join(text)
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
 
 
 @pytest.fixture

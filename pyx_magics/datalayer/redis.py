@@ -342,10 +342,10 @@ class _GuardedSSLConnection(_GuardMixin, SSLConnection):
     pass
 
 
-def _checked_call(rec: _Recorder, args: tuple[Any, ...], send: Callable[[], Any]) -> Any:
-    """Check one command, send it, and record it (with its error, if any); a lost connection is a
-    ConnectionProblem naming the server."""
-    name = check_command(args, rec.write_allowed)
+def _recorded(rec: _Recorder, op: str, statement: str, send: Callable[[], Any],
+              rows: Callable[[Any], int] = _rows) -> Any:
+    """Send (already checked) commands and record them, with their error if any; a lost connection
+    is a ConnectionProblem naming the server."""
     t0 = time.perf_counter()
     result: Any = None
     error: BaseException | None = None
@@ -354,12 +354,18 @@ def _checked_call(rec: _Recorder, args: tuple[Any, ...], send: Callable[[], Any]
         return result
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         error = exc
-        raise rec.lost(exc, name) from exc
+        raise rec.lost(exc, op) from exc
     except BaseException as exc:
         error = exc
         raise
     finally:
-        rec.note(name, _statement(name, args, name in READ_COMMANDS), _rows(result), time.perf_counter() - t0, error)
+        rec.note(op, statement, rows(result) if result is not None else 0, time.perf_counter() - t0, error)
+
+
+def _checked_call(rec: _Recorder, args: tuple[Any, ...], send: Callable[[], Any]) -> Any:
+    """Check one command, then send and record it."""
+    name = check_command(args, rec.write_allowed)
+    return _recorded(rec, name, _statement(name, args, name in READ_COMMANDS), send)
 
 
 class GuardedRedis(redis.Redis):
@@ -451,21 +457,9 @@ class GuardedPipeline(Pipeline):
                           for n, (args, _) in zip(names[:5], self.command_stack[:5], strict=False))
         more = f"; …(+{len(names) - 5} commands)" if len(names) > 5 else ""
         stmt = f"{op} x{len(names)}: {shown}{more}" if len(names) > 1 else shown
-        t0 = time.perf_counter()
-        result: list[Any] = []
-        error: BaseException | None = None
-        try:
-            result = super().execute(raise_on_error)
-            return result
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            error = exc
-            raise rec.lost(exc, op) from exc
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            rows = sum(_rows(r) for r in result if not isinstance(r, Exception))
-            rec.note(op, stmt, rows, time.perf_counter() - t0, error)
+        result: list[Any] = _recorded(rec, op, stmt, lambda: super(GuardedPipeline, self).execute(raise_on_error),
+                                      rows=lambda rs: sum(_rows(r) for r in rs if not isinstance(r, Exception)))
+        return result
 
 
 # ---------------------------------------------------------------- key patterns
