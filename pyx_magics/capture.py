@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyx_magics import dirwatch
 from pyx_magics.core.redact import Redactor
 from pyx_magics.core.runid import RUN_ID_RE
 
@@ -125,6 +126,7 @@ class _Listing:
     plain: set[str] = field(default_factory=set)  # candidates without a run id
     by_run: dict[str, set[str]] = field(default_factory=dict)  # candidates carrying a run id, by that id
     folders: set[str] = field(default_factory=set)
+    watched: bool = False  # names kept exact by inotify events (dirwatch) since the last listing
 
     def _drop(self, name: str) -> None:
         self.plain.discard(name)
@@ -164,33 +166,81 @@ class _Listing:
         for name in added:
             self._add(folder, name)
 
+    def appeared(self, folder: str, name: str) -> None:
+        if name not in self.names:
+            self.names.add(name)
+            if name.endswith(".input.json"):
+                self._drop(name[:-11] + ".py")
+            self._add(folder, name)
+
+    def vanished(self, name: str) -> None:
+        if name in self.names:
+            self.names.discard(name)
+            self._drop(name)
+
 
 _listings: dict[str, _Listing] = {}
+_listings_lock = threading.RLock()
+
+
+def _on_event(folder: str, name: str | None, present: bool) -> None:
+    """dirwatch's sink: keep a watched folder's names exact, or forget them (``name`` None)."""
+    listing = _listings.get(folder)
+    if listing is None:
+        return
+    if name is None:
+        listing.watched, listing.mtime_ns = False, -1
+    elif present:
+        listing.appeared(folder, name)
+    else:
+        listing.vanished(name)
 
 
 def _listing(folder: str) -> _Listing | None:
     """Names that could be a run's outputs, kept per folder and updated by what changed.
 
-    ``os.listdir`` and set differences run in C; only names new since the last look are classified,
-    so a folder of thousands of evidence files costs little per run. Adding, removing or renaming an
-    entry changes a folder's mtime, so an unchanged mtime means unchanged names — but, like git's
-    "racy" rule, not within ``RACY_NS`` of the change (timestamps are coarse).
+    Where inotify works (:mod:`pyx_magics.dirwatch`) a folder is listed once and then kept exact by
+    its events. Elsewhere: ``os.listdir`` and set differences run in C and only names new since the
+    last look are classified; adding, removing or renaming an entry changes a folder's mtime, so an
+    unchanged mtime means unchanged names, but, like git's "racy" rule, not within ``RACY_NS`` of the
+    change (timestamps are coarse).
     """
-    try:
-        mtime = os.stat(folder).st_mtime_ns
-    except OSError:
-        return None
-    listing = _listings.setdefault(folder, _Listing())
-    if listing.mtime_ns == mtime and listing.listed_at_ns - mtime > RACY_NS:
+    with _listings_lock:
+        watch = dirwatch.watcher(_on_event)
+        listing = _listings.setdefault(folder, _Listing())
+        if watch is not None:
+            watch.drain()
+            if listing.watched:
+                return listing
+            listing.watched = watch.watch(folder)  # before listing: nothing falls between the two
+            if listing.watched:
+                listing.mtime_ns = -1
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            listing.watched = False
+            return None
+        if listing.mtime_ns == mtime and listing.listed_at_ns - mtime > RACY_NS:
+            return listing
+        listed_at = time.time_ns()
+        try:
+            names = set(os.listdir(folder))
+        except OSError:
+            listing.watched = False
+            return None
+        listing.update(folder, names)
+        listing.mtime_ns, listing.listed_at_ns = mtime, listed_at
         return listing
-    listed_at = time.time_ns()
-    try:
-        names = set(os.listdir(folder))
-    except OSError:
-        return None
-    listing.update(folder, names)
-    listing.mtime_ns, listing.listed_at_ns = mtime, listed_at
-    return listing
+
+
+def _forget_listings_after_fork() -> None:
+    global _listings_lock
+    _listings_lock = threading.RLock()
+    for listing in _listings.values():
+        listing.watched, listing.mtime_ns = False, -1
+
+
+os.register_at_fork(after_in_child=_forget_listings_after_fork)
 
 
 def scan_dir(root: Path, run_id: str | None = None) -> dict[str, tuple[int, int]]:

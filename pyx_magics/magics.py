@@ -16,7 +16,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from IPython.display import display
+from IPython.display import display, publish_display_data
 
 from pyx_magics.core.errors import PyxError, UsageProblem
 from pyx_magics.core.inputs import read_input_file, validate_input
@@ -47,6 +47,13 @@ def redacted_display(shell: Any, redactor: Any) -> Iterator[None]:
         yield
     finally:
         pub.publish = original
+
+
+def show_summary(final: dict[str, Any]) -> None:
+    """Publish the run's summary (HTML and text) directly: the formatter machinery that ``display``
+    runs to find them costs more than the rest of a trivial task's display."""
+    summary = TaskSummary(final)
+    publish_display_data({"text/plain": repr(summary), "text/html": summary._repr_html_()})
 
 
 class TaskFailed(Exception):
@@ -158,7 +165,7 @@ class PyxMagics(Magics):
             run, final = run_task(session, request, in_process(source, self.shell.user_ns, timeout=args.timeout))
             if run.value is not None:
                 display(run.value)
-            display(TaskSummary(final))
+            show_summary(final)
         if final["status"] != "succeeded":
             err = final["error"] or {}
             raise TaskFailed(f"task {final['task']} {final['status']}: {err.get('type', '')}: "
@@ -193,7 +200,7 @@ class PyxMagics(Magics):
                                   execution_count=cell_number(self.shell))
             ns: dict[str, Any] = {}
             _, final = run_task(session, request, in_process(source, ns))
-            display(TaskSummary(final))
+            show_summary(final)
             results[system] = ns.get("fingerprint")
             if final["status"] != "succeeded":
                 failed.append(f"{system}: {(final['error'] or {}).get('message', final['status'])}")

@@ -68,18 +68,49 @@ def test_canonical_json_is_order_independent_and_nan_safe():
     assert canonical_json({"x": float("nan"), "y": float("inf")}) == b'{"x":"NaN","y":"Infinity"}'
 
 
-def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", ["write", "rename", "rename-without-exchange"])
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch, step):
+    from pyx_magics.core import hashing
+
     target = tmp_path / "m.json"
     target.write_bytes(b"old")
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", boom)
+    if step == "write":
+        monkeypatch.setattr(os, "write", boom)
+    else:
+        monkeypatch.setattr(hashing, "_exchange", boom if step == "rename" else lambda tmp, target: False)
+        monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
         atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_atomic_write_replaces_files_and_links_but_never_a_folder(tmp_path):
+    from pyx_magics.core import hashing
+
+    target = tmp_path / "m.json"
+    atomic_write(target, b"first", mode=0o600)
+    atomic_write(target, b"second")  # over an existing file: an exchange where the kernel has renameat2
+    assert target.read_bytes() == b"second" and (target.stat().st_mode & 0o777) == 0o644
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"keep")
+    link = tmp_path / "link.json"
+    link.symlink_to(elsewhere)
+    atomic_write(link, b"new")  # like os.replace: the link itself is replaced, its target untouched
+    assert not link.is_symlink() and link.read_bytes() == b"new" and elsewhere.read_bytes() == b"keep"
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    (folder / "inside").write_bytes(b"x")
+    with pytest.raises(OSError):
+        atomic_write(folder, b"new")
+    assert (folder / "inside").read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "folder.json", "link.json", "m.json"]
+    if sys.platform == "linux":
+        assert hashing._renameat2 is not None, "renameat2 should be found on Linux"
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a\x00b", "", ".hidden", "a/b", "x" * 101, "a..b"])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import hashlib
+import itertools
 import json
 import math
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,52 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj))
 
 
+_tmp_counter = itertools.count()
+RENAME_EXCHANGE = 2  # renameat2(2) flag (Linux >= 3.15)
+_AT_FDCWD = -100
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # not Linux, or a libc without renameat2
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2: Any = _load_renameat2()
+
+
+def _exchange(tmp: str, target: str) -> bool:
+    """Swap ``tmp`` and an existing regular file ``target`` atomically; False when that is not possible.
+
+    Why not ``os.replace``: ext4 (``auto_da_alloc``) flushes the new file's data when a rename replaces
+    an existing file, ~0.3 ms for a small manifest here; an exchange followed by an unlink does not.
+    """
+    global _renameat2
+    if _renameat2 is None:
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            return False  # replacing a link or anything else: os.replace's semantics
+    except OSError:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(target), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+            _renameat2 = None  # this kernel or filesystem cannot exchange: stop trying
+        return False
+    try:
+        os.unlink(tmp)  # tmp now holds the old content
+    except IsADirectoryError:  # target was swapped for a directory since the lstat: put it back
+        _renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(target), RENAME_EXCHANGE)
+        raise
+    return True
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644, durable: bool = False) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory and a rename.
 
@@ -69,16 +119,27 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
     temp file is removed and the old file is untouched. ``durable`` adds an fsync
     (survives power loss, not only a killed process; costs ~0.5 ms here).
     """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    while True:
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_tmp_counter)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            break
+        except FileExistsError:  # left by a crashed process that had the same pid
+            continue
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
             if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not _exchange(tmp, target):
+            os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
