@@ -3,8 +3,13 @@ the magic, on the plain python3 kernel. Both through papermill with ``request_sa
 
 Usage: ``.venv/bin/python benchmarks/kernel_overhead.py [CELLS] [REPEATS]``
 (or ``PYX_BENCH_CELLS`` / ``PYX_BENCH_REPEATS``; defaults 200 and 5). Runs alternate in order; the
-best (minimum) wall time of each is reported, the least disturbed by other load on the machine. A second, informational metric runs the plain cells on the
-pyx kernel: the cost of the journal hooks alone. The pyx kernelspec goes into a temporary prefix.
+best (minimum) wall time of each is reported, the least disturbed by other load on the machine.
+
+Two informational metrics put the ratio in context: the plain cells on the pyx kernel (the cost of
+the journal hooks alone), and a *floor*: on the pyx kernel, a cell magic that does nothing but the
+file writes the contract asks of every run (``<task>.py``, ``<task>.input.json``, the manifest
+written atomically twice, the log, the open-runs, history and session lines), with none of pyx's
+own work. The pyx kernelspec goes into a temporary prefix.
 """
 
 from __future__ import annotations
@@ -21,18 +26,52 @@ from _table import Row, check, print_rows  # noqa: E402
 TARGET = 1.25
 
 
-def make_notebook(path: Path, cells: int, *, pyx: bool, first: str | None = None) -> Path:
-    """``cells`` cells (``%%pyx_run`` tasks when ``pyx``), after an optional ``first`` cell."""
+def make_notebook(path: Path, cells: int, *, pyx: bool, first: str | None = None, magic: str = "pyx_run") -> Path:
+    """``cells`` cells (``%%<magic>`` tasks when ``pyx``), after an optional ``first`` cell."""
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     body = "x = {i}\ny = x * 2"
     nb.cells = [nbformat.v4.new_code_cell(first)] if first else []
-    nb.cells += [nbformat.v4.new_code_cell((f"%%pyx_run cell{i}\n" if pyx else "") + body.format(i=i))
+    nb.cells += [nbformat.v4.new_code_cell((f"%%{magic} cell{i}\n" if pyx else "") + body.format(i=i))
                  for i in range(cells)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
     return path
+
+
+FLOOR_SETUP = r'''%pyx_topic bench
+import itertools as _it, os as _os
+from IPython.core.magic import register_cell_magic as _register
+from pyx_magics.core.hashing import atomic_write as _atomic
+
+_D = str(get_ipython()._pyx_magics.session.dir)
+_n = _it.count()
+_manifest = b"x" * 2300  # about a trivial task's manifest
+
+
+def _append(path, data):
+    fd = _os.open(path, _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT, 0o644)
+    _os.write(fd, data)
+    _os.close(fd)
+
+
+@_register
+def contract_writes(line, cell):
+    i = next(_n)
+    _atomic(f"{_D}/{line}.py", cell.encode())
+    _atomic(f"{_D}/{line}.input.json", b"{}\n")
+    _atomic(f"{_D}/{line}.{i}.manifest.json", _manifest)
+    _append(f"{_D}/.running", b"+x\n")
+    _os.close(_os.open(f"{_D}/{line}.{i}.log.txt", _os.O_WRONLY | _os.O_CREAT, 0o644))
+    exec(cell, get_ipython().user_ns)
+    _atomic(f"{_D}/{line}.{i}.manifest.json", _manifest)
+    _append(f"{_D}/.running", b"-x\n")
+    _append(f"{_D}/.history.jsonl", _manifest[:300] + b"\n")
+    fd = _os.open(f"{_D}/.state", _os.O_WRONLY | _os.O_CREAT, 0o644)
+    _os.write(fd, _manifest[:200])
+    _os.close(fd)
+'''
 
 
 def run(src: Path, out: Path, kernel: str, cwd: Path) -> float:
@@ -72,8 +111,9 @@ def main(argv: list[str]) -> int:
         # the journal needs a session: start one in a first cell (the baseline gets a trivial one)
         journal_nb = make_notebook(root / "journal.ipynb", cells, pyx=False, first="%pyx_topic bench")
         plain_nb = make_notebook(root / "plain.ipynb", cells, pyx=False, first="pass")
+        floor_nb = make_notebook(root / "floor.ipynb", cells, pyx=True, first=FLOOR_SETUP, magic="contract_writes")
         runs = {"pyx": (pyx_nb, "pyx"), "baseline": (base_nb, "python3"), "journal": (journal_nb, "pyx"),
-                "plain": (plain_nb, "python3")}
+                "plain": (plain_nb, "python3"), "floor": (floor_nb, "pyx")}
         times: dict[str, list[float]] = {k: [] for k in runs}
         for r in range(repeats):
             order = list(runs) if r % 2 == 0 else list(reversed(runs))
@@ -83,7 +123,7 @@ def main(argv: list[str]) -> int:
                 work.mkdir()
                 os.environ["PYX_DIR"] = str(work / "inv")
                 times[which].append(run(src, work / "out.ipynb", kernel, work))
-                if which == "pyx":
+                if which in ("pyx", "floor"):
                     found = len(list((work / "inv").glob("*.manifest.json")))
                     assert found == cells, f"expected {cells} manifests, found {found}"
                 if which == "journal":
@@ -93,7 +133,9 @@ def main(argv: list[str]) -> int:
     rows = [report(f"papermill, {cells} %%pyx_run cells, pyx kernel, best of {repeats}", med["pyx"],
                    med["baseline"], times["pyx"], times["baseline"], TARGET),
             report(f"papermill, {cells} plain cells, pyx kernel (journal only), best of {repeats}",
-                   med["journal"], med["plain"], times["journal"], times["plain"], None)]
+                   med["journal"], med["plain"], times["journal"], times["plain"], None),
+            report(f"papermill, {cells} cells doing only the contract's file writes, pyx kernel (floor), "
+                   f"best of {repeats}", med["floor"], med["plain"], times["floor"], times["plain"], None)]
     print_rows(rows)
     return 0
 

@@ -6,9 +6,12 @@ User mistakes become a plain ``UsageError`` (one line, no traceback).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import re
 import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display, publish_display_data
 
+from pyx_magics import ipython_history
 from pyx_magics.core.errors import PyxError, UsageProblem
 from pyx_magics.core.inputs import read_input_file, validate_input
 from pyx_magics.core.names import check_name
@@ -49,15 +53,40 @@ def redacted_display(shell: Any, redactor: Any) -> Iterator[None]:
         pub.publish = original
 
 
-def show_summary(final: dict[str, Any]) -> None:
-    """Publish the run's summary (HTML and text) directly: the formatter machinery that ``display``
-    runs to find them costs more than the rest of a trivial task's display."""
+def show_summary(shell: Any, final: dict[str, Any], redactor: Any) -> None:
+    """Show the run's summary (HTML and text), published directly: ``display()``'s formatter pass and
+    ipykernel's two blocking stream flushes cost more than the rest of a trivial task's display."""
     summary = TaskSummary(final)
-    publish_display_data({"text/plain": repr(summary), "text/html": summary._repr_html_()})
+    data = {"text/plain": redactor.text(repr(summary)), "text/html": redactor.text(summary._repr_html_())}
+    if not send_display(getattr(shell, "display_pub", None), data):
+        publish_display_data(data)
+
+
+def _output_pending(stream: Any) -> bool:
+    """Whether ``stream`` may hold text not yet sent (anything but an idle ipykernel OutStream: yes)."""
+    return getattr(stream, "_flush_pending", True) is not False or getattr(stream, "_subprocess_flush_pending", False)
+
+
+def send_display(pub: Any, data: dict[str, str]) -> bool:
+    """Send a ``display_data`` message the way ipykernel's ``ZMQDisplayPublisher.publish`` does, minus
+    its flush of stdout and stderr (a round trip to the IOPub thread each): only when no stream text
+    is pending (so the order of outputs stays), no hook is registered (ipywidgets' output capture)
+    and display history is off. Returns False, having sent nothing, when any of that does not hold
+    or the publisher is not ipykernel's."""
+    session, socket = getattr(pub, "session", None), getattr(pub, "pub_socket", None)
+    if session is None or socket is None or not hasattr(session, "msg") or getattr(pub, "_hooks", True) \
+            or getattr(pub, "store_display_history", True) or _output_pending(sys.stdout) or _output_pending(sys.stderr):
+        return False
+    msg = session.msg("display_data", {"data": data, "metadata": {}, "transient": {}}, parent=pub.parent_header)
+    session.send(socket, msg, ident=pub.topic)
+    return True
 
 
 class TaskFailed(Exception):
     """The task body raised; its evidence is written. Shown as one line plus a pointer to the log."""
+
+
+BARE_TASK = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*")  # a task name and no option
 
 
 def parse_line(magic: Any, line: str) -> Any:
@@ -104,6 +133,15 @@ class PyxMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.session: Session | None = None
+        self._run_defaults: Any = None
+
+    def _bare_run_args(self, task: str) -> Any:
+        """``%%pyx_run TASK`` alone: argparse's answer without argparse (a tenth of a trivial task's time)."""
+        if self._run_defaults is None:
+            self._run_defaults = parse_line(self.pyx_run, "task")
+        args = copy.copy(self._run_defaults)
+        args.task = task
+        return args
 
     # ------------------------------------------------------------ session
     def current_session(self) -> Session:
@@ -147,7 +185,8 @@ class PyxMagics(Magics):
         Inside the cell, ``pyx`` offers ``input``, ``run_id``, ``dir``, ``out(name)``,
         ``save(name, obj)``, ``db()``, ``redis()``, ``kafka()`` and ``diff(...)``.
         """
-        args = parse_line(self.pyx_run, line)
+        bare = BARE_TASK.fullmatch(line)
+        args = self._bare_run_args(bare.group(1)) if bare else parse_line(self.pyx_run, line)
         try:
             params: dict[str, Any] = {}
             if args.input:
@@ -165,7 +204,7 @@ class PyxMagics(Magics):
             run, final = run_task(session, request, in_process(source, self.shell.user_ns, timeout=args.timeout))
             if run.value is not None:
                 display(run.value)
-            show_summary(final)
+            show_summary(self.shell, final, session.redactor)
         if final["status"] != "succeeded":
             err = final["error"] or {}
             raise TaskFailed(f"task {final['task']} {final['status']}: {err.get('type', '')}: "
@@ -200,7 +239,7 @@ class PyxMagics(Magics):
                                   execution_count=cell_number(self.shell))
             ns: dict[str, Any] = {}
             _, final = run_task(session, request, in_process(source, ns))
-            show_summary(final)
+            show_summary(self.shell, final, session.redactor)
             results[system] = ns.get("fingerprint")
             if final["status"] != "succeeded":
                 failed.append(f"{system}: {(final['error'] or {}).get('message', final['status'])}")
@@ -342,6 +381,7 @@ def load(ipython: Any) -> None:
     ipython._pyx_prev_custom_exc = (getattr(ipython, "custom_exceptions", ()),
                                     getattr(ipython, "CustomTB", None))
     ipython.set_custom_exc((TaskFailed,), _show_task_failed)
+    ipython_history.defer(ipython)
 
 
 def unload(ipython: Any) -> None:
@@ -359,5 +399,6 @@ def unload(ipython: Any) -> None:
         ipython.CustomTB = handler
     else:
         ipython.set_custom_exc((), None)
+    ipython_history.restore(ipython)
     del ipython._pyx_magics
     del ipython._pyx_prev_custom_exc

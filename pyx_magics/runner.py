@@ -35,7 +35,14 @@ from pyx_magics.capture import (
 )
 from pyx_magics.core import history, manifest
 from pyx_magics.core.errors import UsageProblem, WrongEnvironment
-from pyx_magics.core.hashing import atomic_write, pretty_json, sha256_bytes, sha256_file, write_if_changed
+from pyx_magics.core.hashing import (
+    atomic_write,
+    layout_json,
+    pretty_json,
+    sha256_bytes,
+    sha256_file,
+    write_if_changed,
+)
 from pyx_magics.core.inputs import check_input_size, validate_input
 from pyx_magics.core.keys import logic_key, output_digest
 from pyx_magics.core.names import check_name, check_output_name, inside, relpath
@@ -43,6 +50,7 @@ from pyx_magics.core.redact import POLICY, Redactor
 from pyx_magics.core.runid import RUN_ID_RE, new_run_id
 from pyx_magics.datalayer import guard
 
+EMPTY_SHA256 = sha256_bytes(b"")
 LIVE_LIMIT = 1_000_000  # characters of a task's output shown live; the log keeps everything
 PACKAGES = ("ipython", "ipykernel", "nbformat", "nbconvert", "papermill", "pandas", "psycopg", "redis", "aiokafka")
 CONVENTIONAL_ROLES = ("fingerprint", "db_rows", "redis_value", "kafka_offsets", "kafka_messages", "diff",
@@ -252,15 +260,16 @@ def open_run(session: Session, request: TaskRequest) -> Run:
     source = red.text(request.source)
     params = red.json(request.params)
     session.sequence += 1
+    input_bytes = layout_json(params)
     write_if_changed(run.code_path, source.encode("utf-8"))
-    write_if_changed(run.input_path, pretty_json(params))
-    run.record = base_manifest(run, source, params)
+    write_if_changed(run.input_path, input_bytes)
+    run.record = base_manifest(run, source, params, sha256_bytes(input_bytes))
     manifest.write(run.manifest_path, manifest.seal(run.record, session.prev_manifest_sha256))
     manifest.note_started(run.dir, run.manifest_path.name)
     return run
 
 
-def base_manifest(run: Run, source: str, params: dict[str, Any]) -> dict[str, Any]:
+def base_manifest(run: Run, source: str, params: dict[str, Any], input_sha256: str) -> dict[str, Any]:
     req, s = run.request, run.session
     code_sha = sha256_bytes(source.encode("utf-8"))
     return {
@@ -277,7 +286,7 @@ def base_manifest(run: Run, source: str, params: dict[str, Any]) -> dict[str, An
         "mode": {"access": "write" if req.allow_write else "read_only", "reason": req.allow_write},
         "code": {"path": run.code_path.name, "sha256": code_sha, "source": source,
                  "notebook": req.notebook or s.notebook, "execution_count": req.execution_count},
-        "input": {"path": run.input_path.name, "sha256": sha256_bytes(pretty_json(params)), "params": params},
+        "input": {"path": run.input_path.name, "sha256": input_sha256, "params": params},
         "files": {"inputs": [], "outputs": []},
         "namespace": {"reads": [], "writes": []},
         "targets": [],
@@ -348,8 +357,12 @@ def finalize(run: Run, outcome: Outcome) -> dict[str, Any]:
     m["targets"] = run.targets
     m["data_access"] = run.data_access
     m["files"] = collect_files(run)
-    if run.log_path.exists():
-        digest, size = sha256_file(run.log_path)
+    try:
+        size = os.stat(run.log_path).st_size
+    except FileNotFoundError:
+        size = -1
+    if size >= 0:
+        digest, size = sha256_file(run.log_path) if size else (EMPTY_SHA256, 0)
         m["log"].update(sha256=digest, bytes=size, truncated=run.log_truncated)
     else:
         atomic_write(run.log_path, b"")

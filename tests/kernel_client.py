@@ -32,6 +32,17 @@ class Kernel:
         reply = self.kc.execute_interactive(code, output_hook=hook, timeout=60)
         return reply["content"], "".join(text)
 
+    def messages(self, code: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+        """Execute ``code``; returns the reply content and its IOPub outputs in order, as (msg_type, content)."""
+        outputs: list[tuple[str, dict[str, Any]]] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] in ("stream", "display_data", "execute_result", "error"):
+                outputs.append((msg["msg_type"], msg["content"]))
+
+        reply = self.kc.execute_interactive(code, output_hook=hook, timeout=60)
+        return reply["content"], outputs
+
     def close(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)

@@ -63,6 +63,28 @@ def test_sha256_file_streams_and_matches_hashlib(tmp_path):
     assert sha256_file(p) == (hashlib.sha256(data).hexdigest(), len(data))
 
 
+@pytest.mark.parametrize("obj", [
+    {}, {"b": 1, "a": {"d": [1, {"x": None}], "c": "é\n\u2028"}}, {"n": float("nan"), "i": {"v": float("-inf")}},
+    {1: "int key", "s": {2: "x"}}, {"e": {}, "l": []}, [1, 2], "text",
+])
+def test_layout_json_is_pretty_json_s_content_laid_out_by_levels(obj):
+    from pyx_magics.core.hashing import layout_json, pretty_json
+
+    out = layout_json(obj)
+    assert json.loads(out) == json.loads(pretty_json(obj)) and out.endswith(b"\n")
+    assert layout_json(obj) == out  # deterministic
+    if isinstance(obj, dict) and "a" in obj:
+        assert out.decode().split("\n")[:-1] == [
+            "{", '  "a": {', '    "c": "é\\n\u2028",', '    "d": [1, {"x": null}]', "  },", '  "b": 1', "}"]
+
+
+def test_layout_json_refuses_what_json_cannot_hold():
+    from pyx_magics.core.hashing import layout_json
+
+    with pytest.raises(TypeError):
+        layout_json({"o": object()})
+
+
 def test_canonical_json_is_order_independent_and_nan_safe():
     assert canonical_json({"b": 1, "a": [1, 2]}) == canonical_json({"a": [1, 2], "b": 1})
     assert canonical_json({"x": float("nan"), "y": float("inf")}) == b'{"x":"NaN","y":"Infinity"}'

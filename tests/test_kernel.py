@@ -153,10 +153,10 @@ def test_kernel_commands_have_help(argv, capsys):
 # ---------------------------------------------------------------- extension load/unload
 
 
-def _state(ip: InteractiveShell) -> tuple[dict[str, list[Any]], dict[str, set[str]], Any]:
+def _state(ip: InteractiveShell) -> tuple[dict[str, list[Any]], dict[str, set[str]], Any, Any]:
     callbacks = {k: list(v) for k, v in ip.events.callbacks.items()}
     magics = {k: set(v) for k, v in ip.magics_manager.magics.items()}
-    return callbacks, magics, copy.copy(ip.custom_exceptions)
+    return callbacks, magics, copy.copy(ip.custom_exceptions), ip.history_manager.db_cache_size
 
 
 def test_loading_twice_is_harmless_and_unloading_removes_exactly_what_loading_added(investigation):
@@ -168,7 +168,8 @@ def test_loading_twice_is_harmless_and_unloading_removes_exactly_what_loading_ad
         loaded = _state(ip)
         kernel_ext.load_ipython_extension(ip)
         assert _state(ip) == loaded
-        assert len(loaded[0]["post_run_cell"]) == len(before[0]["post_run_cell"]) + 1
+        # the journal, and IPython's history write moved to the end of the cell (pyx_magics.ipython_history)
+        assert len(loaded[0]["post_run_cell"]) == len(before[0]["post_run_cell"]) + 2
         assert "pyx_run" in loaded[1]["cell"] and "pyx_topic" in loaded[1]["line"]
         kernel_ext.unload_ipython_extension(ip)
         assert _state(ip) == before
@@ -320,6 +321,22 @@ def test_the_pyx_kernel_runs_pyx_run_without_load_ext_and_journals_every_cell(ke
     runs = manifests(investigation)
     assert {runs[lines[1]["run_ids"][0]]["status"], runs[lines[3]["run_ids"][0]]["status"]} == {"succeeded", "failed"}
     assert all(m["topic"] == "proto" and m["environment_label"] == "local" for m in runs.values())
+
+
+def test_the_summary_reaches_the_front_end_after_the_tasks_own_output(kernel, investigation):
+    kernel.run("%pyx_topic shown")
+    reply, quiet = kernel.messages("%%pyx_run quiet\nx = 1")
+    assert reply["status"] == "ok"
+    ((kind, content),) = quiet
+    assert kind == "display_data"
+    assert content["data"]["text/plain"].startswith("pyx quiet: succeeded in ")
+    assert 'class="pyx-summary" data-status="succeeded"' in content["data"]["text/html"]
+    reply, noisy = kernel.messages("%%pyx_run noisy\nimport sys\nprint('hello')\nprint('warn', file=sys.stderr)\n41 + 1")
+    assert reply["status"] == "ok"
+    shown = [(kind, c.get("text") or c["data"]["text/plain"]) for kind, c in noisy]
+    texts = [text.strip() for _, text in shown[:-1]]  # stdout and stderr may come in either order
+    assert sorted(texts[:2]) == ["hello", "warn"] and texts[2:] == ["42"]
+    assert shown[-1][0] == "display_data" and shown[-1][1].startswith("pyx noisy: succeeded")
 
 
 # ---------------------------------------------------------------- papermill on the pyx kernel

@@ -149,6 +149,9 @@ def test_secret_canaries_reach_no_file(shell, tmp_path, monkeypatch):
     [
         ("../escape", "invalid task name"),
         ("/abs", "invalid task name"),
+        ("a..b", "invalid task name"),  # a bare task name: parsed without argparse, checked all the same
+        ("x" * 101, "invalid task name"),
+        ("", "task"),
         ("ok --timeout 0", "timeout must be a positive"),
         ("ok --timeout -3", "timeout must be a positive"),
         ("ok --param 'time_window={\"start\":\"2026-01-02T00:00Z\",\"end\":\"2026-01-01T00:00Z\"}'", "before start"),
@@ -164,6 +167,12 @@ def test_user_mistakes_are_one_line_usage_errors_and_write_nothing(shell, tmp_pa
     captured = capsys.readouterr()
     assert "must not run" not in captured.out and "Traceback" not in captured.out + captured.err
     assert not list((tmp_path / "temp").glob("*.manifest.json")) if (tmp_path / "temp").exists() else True
+
+
+def test_a_bare_task_name_takes_every_default(shell, tmp_path):
+    assert shell.run_cell("%%pyx_run   spaced  \nx = 1").success
+    (m,) = manifests(tmp_path / "temp", "spaced")
+    assert m["status"] == "succeeded" and m["input"]["params"] == {} and m["mode"]["access"] == "read_only"
 
 
 def test_invalid_input_file_names_line_and_column(shell, tmp_path):

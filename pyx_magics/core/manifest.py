@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pyx_magics.core.errors import EvidenceError, UsageProblem
-from pyx_magics.core.hashing import atomic_write, pretty_json, sha256_bytes, sha256_file, sha256_json
+from pyx_magics.core.hashing import atomic_write, layout_json, sha256_bytes, sha256_file, sha256_json
 from pyx_magics.core.names import inside
 
 SCHEMA = "pyx.manifest/1"
@@ -93,7 +93,7 @@ def integrity_ok(manifest: dict[str, Any]) -> bool:
 
 def write(path: Path, manifest: dict[str, Any]) -> None:
     """Write a manifest atomically (temp file + rename)."""
-    atomic_write(path, pretty_json(manifest))
+    atomic_write(path, layout_json(manifest))
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:

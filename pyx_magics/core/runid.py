@@ -7,9 +7,10 @@ stalls or steps back never yields an id that sorts before the previous one.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 RUN_ID_RE = re.compile(r"\d{8}T\d{9}Z-[0-9a-f]{6}")
@@ -18,7 +19,7 @@ _last_ms = 0
 
 
 def _now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return time.time_ns() // 1_000_000
 
 
 def new_run_id() -> str:
@@ -27,8 +28,7 @@ def new_run_id() -> str:
     with _lock:
         ms = max(_now_ms(), _last_ms + 1)
         _last_ms = ms
-    stamp = datetime.fromtimestamp(ms / 1000, UTC)
-    return f"{stamp:%Y%m%dT%H%M%S}{stamp.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(ms // 1000))}{ms % 1000:03d}Z-{os.urandom(3).hex()}"
 
 
 def run_id_time(run_id: str) -> datetime:
