@@ -321,7 +321,7 @@ def capture(run: Run, live_out: Any, live_err: Any) -> Iterator[tuple[LogTee, Lo
     own = [run.code_path, run.input_path, run.manifest_path, run.log_path]
     with open(run.log_path, "ab", buffering=0) as raw:
         log = io.BufferedWriter(raw)
-        hint = str(relpath(run.dir.parent, run.log_path)) if run.dir.parent else run.log_path.name
+        hint = f"{run.dir.name}/{run.log_path.name}" if run.dir.name else run.log_path.name  # dir is resolved
         batch = WriteBatch()  # one for both: stdout and stderr keep their order in the log
         out = LogTee(log, live_out, run.redactor, live_limit=LIVE_LIMIT, log_hint=hint, batch=batch)
         err = LogTee(log, live_err, run.redactor, live_limit=LIVE_LIMIT, log_hint=hint, batch=batch)
@@ -446,6 +446,8 @@ def count_rows(path: Path, size: int) -> int | None:
 def collect_files(run: Run) -> dict[str, list[dict[str, Any]]]:
     """Outputs (explicit, then audit, then dir_diff) and inputs of the run, hashed now."""
     outputs: dict[str, dict[str, Any]] = {}
+    if not (run.explicit or run.audit_writes or run.dir_changes or run.audit_reads):
+        return {"inputs": [], "outputs": []}  # most runs of a notebook: nothing to resolve or hash
     root = run.dir.resolve()
 
     def add(path: Path, role: str, how: str) -> None:
