@@ -251,3 +251,19 @@ def test_directory_scan_sees_every_change_even_within_one_timestamp_tick(tmp_pat
     assert second["a.csv"] != first["a.csv"]
     (tmp_path / "b.csv").unlink()
     assert set(scan_dir(tmp_path, rid)) == {"a.csv", f"out.{rid}.json"}
+
+
+def test_installed_versions_match_importlib_metadata():
+    from importlib import metadata
+
+    from pyx_magics.runner import PACKAGES, installed_versions
+
+    names = (*PACKAGES, "pyx-magics", "jupyter_client", "no-such-distribution-here")
+    found = installed_versions(names)
+    expected = {}
+    for name in names:
+        try:
+            expected[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    assert found == expected and "no-such-distribution-here" not in found and "pandas" in found
