@@ -266,7 +266,7 @@ def open_run(session: Session, request: TaskRequest) -> Run:
     write_if_changed(run.code_path, source.encode("utf-8"))
     write_if_changed(run.input_path, input_bytes)
     run.record = base_manifest(run, source, params, sha256_bytes(input_bytes))
-    manifest.write(run.manifest_path, manifest.seal(run.record, session.prev_manifest_sha256))
+    manifest.write(run.manifest_path, manifest.seal(run.record, session.prev_manifest_sha256), new=True)
     manifest.note_started(run.dir, run.manifest_path.name)
     return run
 

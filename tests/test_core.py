@@ -131,8 +131,20 @@ def test_atomic_write_replaces_files_and_links_but_never_a_folder(tmp_path):
         atomic_write(folder, b"new")
     assert (folder / "inside").read_bytes() == b"x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "folder.json", "link.json", "m.json"]
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    atomic_write(fifo, b"file now")  # a special file is replaced, never written into
+    assert fifo.is_file() and fifo.read_bytes() == b"file now"
+    fifo.unlink()
+    atomic_write(tmp_path / "new.json", b"n", exists=False)  # the caller knows the name is new
+    atomic_write(tmp_path / "new2.json", b"m")  # or does not say: the exchange finds nothing and a rename is made
+    assert (tmp_path / "new.json").read_bytes() == b"n" and (tmp_path / "new2.json").read_bytes() == b"m"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     if sys.platform == "linux":
         assert hashing._renameat2 is not None, "renameat2 should be found on Linux"
+        current = os.umask(0)
+        os.umask(current)
+        assert current == hashing._UMASK  # read from /proc/self/status, never set
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a\x00b", "", ".hidden", "a/b", "x" * 101, "a..b"])

@@ -91,9 +91,9 @@ def integrity_ok(manifest: dict[str, Any]) -> bool:
         return False
 
 
-def write(path: Path, manifest: dict[str, Any]) -> None:
-    """Write a manifest atomically (temp file + rename)."""
-    atomic_write(path, layout_json(manifest))
+def write(path: Path, manifest: dict[str, Any], *, new: bool = False) -> None:
+    """Write a manifest atomically (temp file + rename); ``new``: the name surely does not exist yet."""
+    atomic_write(path, layout_json(manifest), exists=False if new else None)
 
 
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
