@@ -12,12 +12,12 @@ returns None or ``watch`` returns False and the caller lists the folder as befor
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import struct
 import threading
 from collections.abc import Callable
+
+from pyx_magics.core.libc import libc
 
 IN_MOVED_FROM = 0x40
 IN_MOVED_TO = 0x80
@@ -129,10 +129,12 @@ def watcher(sink: Sink) -> DirWatch | None:
 
 
 def _open(sink: Sink) -> DirWatch | None:
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        init, add, rm = libc.inotify_init1, libc.inotify_add_watch, libc.inotify_rm_watch
-    except (OSError, AttributeError):
+        c = libc()
+        init, add, rm = c.inotify_init1, c.inotify_add_watch, c.inotify_rm_watch
+    except AttributeError:  # not Linux (None), or a libc without inotify
         return None
     add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     rm.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import itertools
@@ -13,6 +11,8 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+
+from pyx_magics.core.libc import libc
 
 CHUNK = 1 << 20  # 1 MiB: measured fastest for hashlib here
 
@@ -105,18 +105,18 @@ RENAME_EXCHANGE = 2  # renameat2(2) flag (Linux >= 3.15)
 _AT_FDCWD = -100
 
 
+_UNSET: Any = object()
+_renameat2: Any = _UNSET  # loaded on first use: None where the kernel or libc has no renameat2
+
+
 def _load_renameat2() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):  # not Linux, or a libc without renameat2
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
+    import ctypes
+
+    fn = getattr(libc(), "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
     return fn
-
-
-_renameat2: Any = _load_renameat2()
 
 
 def _exchange(tmp: str, target: str) -> bool:
@@ -129,9 +129,13 @@ def _exchange(tmp: str, target: str) -> bool:
     a folder is refused (swapped back, ``IsADirectoryError``).
     """
     global _renameat2
+    if _renameat2 is _UNSET:
+        _renameat2 = _load_renameat2()
     if _renameat2 is None:
         return False
     if _renameat2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(target), RENAME_EXCHANGE) != 0:
+        import ctypes
+
         if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
             _renameat2 = None  # this kernel or filesystem cannot exchange: stop trying
         return False
