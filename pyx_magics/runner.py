@@ -388,15 +388,12 @@ def finalize(run: Run, outcome: Outcome) -> dict[str, Any]:
     m["data_access"] = run.data_access
     m["files"] = collect_files(run)
     try:
-        size = os.stat(run.log_path).st_size
-    except FileNotFoundError:
-        size = -1
-    if size >= 0:
-        digest, size = sha256_file(run.log_path) if size else (EMPTY_SHA256, 0)
-        m["log"].update(sha256=digest, bytes=size, truncated=run.log_truncated)
-    else:
+        size, truncated = os.stat(run.log_path).st_size, run.log_truncated
+    except FileNotFoundError:  # removed while the task ran: an empty log stands in
         atomic_write(run.log_path, b"")
-        m["log"].update(sha256=sha256_bytes(b""), bytes=0, truncated=False)
+        size, truncated = 0, False
+    digest, size = sha256_file(run.log_path) if size else (EMPTY_SHA256, 0)
+    m["log"].update(sha256=digest, bytes=size, truncated=truncated)
     m["redaction"]["counts"] = dict(sorted(run.redactor.counts.items()))
     m["compare"]["output_digest"] = output_digest(m["files"]["outputs"])
     manifest.seal(m, run.session.prev_manifest_sha256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -348,3 +349,11 @@ def test_the_notebook_jupyter_names_is_recorded_relative_never_absolute(shell, t
     assert manifests(root, "from_nb")[0]["code"]["notebook"] == "incidents/order-1042.ipynb"
     assert manifests(root, "from_elsewhere")[0]["code"]["notebook"] == "triage.ipynb"
     assert manifests(root, "from_shell")[0]["code"]["notebook"] is None
+
+
+def test_a_log_removed_while_the_task_runs_is_replaced_by_an_empty_one(shell, tmp_path):
+    assert run(shell, "import os\nprint('gone soon')\nos.remove(pyx._run.log_path)", "unlogged").success
+    (m,) = manifests(tmp_path / "temp", "unlogged")
+    log = tmp_path / "temp" / m["log"]["path"]
+    assert log.read_bytes() == b""
+    assert m["log"] == {"path": log.name, "sha256": hashlib.sha256(b"").hexdigest(), "bytes": 0, "truncated": False}

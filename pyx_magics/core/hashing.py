@@ -68,7 +68,7 @@ def _not_json(obj: Any) -> Any:
 
 # one C encoder built once (json.dumps builds one per call; indent= is pure Python); None without _json
 _make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_encode = None if _make_encoder is None else _make_encoder(
+_c_encode: Any = None if _make_encoder is None else _make_encoder(
     None, _not_json, json.encoder.encode_basestring, None, ": ", ", ", True, False, False)
 
 
@@ -78,13 +78,13 @@ def layout_json(obj: Any) -> bytes:
     if _c_encode is None or type(obj) is not dict:
         return pretty_json(obj)
     try:
-        return _layout(obj, _c_encode)
+        return _layout(obj)
     except (ValueError, TypeError, RecursionError):  # NaN/Infinity, non-string keys: make it JSON first
-        return _layout(json.loads(_dumps(obj)), _c_encode)
+        return _layout(json.loads(_dumps(obj)))
 
 
-def _layout(obj: dict[str, Any], encode: Any) -> bytes:
-    key = json.encoder.encode_basestring
+def _layout(obj: dict[str, Any]) -> bytes:
+    key, encode = json.encoder.encode_basestring, _c_encode
     parts = []
     for k in sorted(obj):
         v = obj[k]
